@@ -1,0 +1,75 @@
+"""Stochastic rounding, tested statistically (spec §6.6): unbiased, grid fixed, saturating, reproducible."""
+import math
+
+import pytest
+import torch
+
+from fp4lab.formats import quantize_mxfp4, quantize_nvfp4, round_to_e2m1, e2m1_to_float
+
+N_BLOCKS = 4096
+
+
+def blocks_of(v: float) -> torch.Tensor:
+    """Rows [6, v x 15] under a tensor amax of 2688: the global scale is 1 and every block scale 1.0."""
+    x = torch.full((N_BLOCKS, 16), v)
+    x[:, 0] = 6.0
+    x[0, 0] = 2688.0
+    return x
+
+
+@pytest.mark.parametrize("v,p_up", [(1.25, 0.5), (1.1, 0.2), (2.6, 0.6), (4.5, 0.25)])
+def test_unbiased_within_3_sigma(v, p_up):
+    g = torch.Generator().manual_seed(1)
+    t = quantize_nvfp4(blocks_of(v), rounding="stochastic", generator=g)
+    assert (t.scales.view(torch.uint8)[1:] == 0x38).all()
+    vals = t.dequantize(torch.float32)[1:, 1:]
+    n = vals.numel()
+    lo, hi = {1.25: (1.0, 1.5), 1.1: (1.0, 1.5), 2.6: (2.0, 3.0), 4.5: (4.0, 6.0)}[v]
+    assert set(vals.unique().tolist()) <= {lo, hi}
+    sigma = (hi - lo) * math.sqrt(p_up * (1 - p_up) / n)
+    assert abs(vals.mean().item() - v) < 3 * sigma
+
+
+def test_grid_points_never_move():
+    grid = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.5, -1, -1.5, -2, -3, -4, -6]).repeat(1000)
+    g = torch.Generator().manual_seed(2)
+    assert torch.equal(e2m1_to_float(round_to_e2m1(grid, "stochastic", g)), grid)
+
+
+def test_saturation_above_six():
+    y = torch.linspace(6.0, 6.4, 10_000)
+    g = torch.Generator().manual_seed(3)
+    assert (e2m1_to_float(round_to_e2m1(y, "stochastic", g)) == 6.0).all()
+    assert (e2m1_to_float(round_to_e2m1(-y, "stochastic", g)) == -6.0).all()
+
+
+def test_same_seed_same_result_and_seeds_differ():
+    x = torch.randn(64, 128)
+    a = quantize_nvfp4(x, rounding="stochastic", generator=torch.Generator().manual_seed(5))
+    b = quantize_nvfp4(x, rounding="stochastic", generator=torch.Generator().manual_seed(5))
+    c = quantize_nvfp4(x, rounding="stochastic", generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a.codes, b.codes)
+    assert not torch.equal(a.codes, c.codes)
+    # scales are always round-to-nearest
+    assert torch.equal(a.scales.view(torch.uint8), quantize_nvfp4(x).scales.view(torch.uint8))
+
+
+def test_sr_error_larger_than_rne_but_unbiased_on_average():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(256, 256, generator=g)
+    rne = quantize_nvfp4(x).dequantize(torch.float32)
+    sr = torch.stack([
+        quantize_nvfp4(x, rounding="stochastic", generator=g).dequantize(torch.float32) for _ in range(16)
+    ])
+    assert (sr[0] - x).abs().mean() >= (rne - x).abs().mean()
+    # averaging 16 draws approaches x much closer than RNE's deterministic bias does
+    assert (sr.mean(0) - x).abs().mean() < (rne - x).abs().mean()
+
+
+def test_mxfp4_stochastic_rounding_is_unbiased():
+    x = torch.full((2048, 32), 1.25)
+    x[:, 0] = 6.0  # rceil scale: 2^ceil(log2(1)) = 1
+    g = torch.Generator().manual_seed(9)
+    vals = quantize_mxfp4(x, scale_rule="rceil", rounding="stochastic", generator=g).dequantize(torch.float32)[:, 1:]
+    sigma = 0.5 * math.sqrt(0.25 / vals.numel())
+    assert abs(vals.mean().item() - 1.25) < 3 * sigma
