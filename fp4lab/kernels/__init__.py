@@ -1,0 +1,16 @@
+"""Triton kernels for NVFP4/MXFP4 quantization; each wrapper falls back to fp4lab.formats off-GPU.
+
+CUDA tensors run fused Triton kernels that never synchronize with the host; anything else calls the
+pure-PyTorch reference composition (``formats.quantize_nvfp4(random_hadamard_16(x.T)) ...``). The
+``*_triton`` functions run the kernels on any device (CPU tensors under ``TRITON_INTERPRET=1``).
+"""
+from fp4lab.kernels.amax import amax, amax_triton
+from fp4lab.kernels.mxfp4 import fake_quantize_mxfp4, mxfp4_fake_triton
+from fp4lab.kernels.nvfp4 import (
+    dequantize_nvfp4, dequantize_nvfp4_triton, fake_quantize_nvfp4, nvfp4_triton, quantize_nvfp4,
+)
+
+__all__ = [
+    "amax", "amax_triton", "dequantize_nvfp4", "dequantize_nvfp4_triton", "fake_quantize_mxfp4",
+    "fake_quantize_nvfp4", "mxfp4_fake_triton", "nvfp4_triton", "quantize_nvfp4",
+]

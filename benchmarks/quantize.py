@@ -1,0 +1,195 @@
+"""Benchmark the fused NVFP4/MXFP4 quantize kernels against the copy bandwidth and compiled baselines.
+
+Every number comes from this run on this device: triton.testing.do_bench (median over repeats after
+warm-up), bf16 inputs larger than L2. Effective GB/s counts minimal bytes: each input read as many
+times as the algorithm needs (2 with a global amax pass, 1 with a given amax or for MXFP4), each
+output written once. Usage (on a CUDA machine):
+
+    PYTHONPATH=. python3 benchmarks/quantize.py [--out benchmarks/results/quantize-<gpu>-<date>.json]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+
+import torch
+
+SHAPES = [(8192, 8192), (8192, 4096), (16384, 2048)]
+
+
+def bench(fn, reps=200) -> float:
+    """Median µs of fn() (do_bench with its default L2 flush between calls)."""
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=reps, return_mode="median") * 1e3
+
+
+def copy_bandwidth() -> float:
+    """Device copy bandwidth in GB/s (read + write) on a 1 GiB bf16 tensor."""
+    x = torch.empty(512 * 1024 * 1024, dtype=torch.bfloat16, device="cuda").normal_()
+    y = torch.empty_like(x)
+    us = bench(lambda: y.copy_(x))
+    return 2 * x.numel() * 2 / (us * 1e-6) / 1e9
+
+
+def cases(M, K):
+    """(name, callable(x), bytes read+written at minimum, baseline-key) for one shape."""
+    from fp4lab import kernels as K4
+
+    n = M * K
+    packed = n // 2 + n // 16  # codes + E4M3 scales
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for sr in (False, True):
+        rnd = "stochastic" if sr else "nearest"
+        tag = "+sr" if sr else ""
+        kw = dict(rounding=rnd, generator=g)
+        out += [
+            (f"quantize rowwise{tag}", lambda x, kw=kw: K4.quantize_nvfp4(x, **kw), 2 * 2 * n + packed),
+            (f"quantize columnwise{tag}", lambda x, kw=kw: K4.quantize_nvfp4(x, columnwise=True, **kw), 2 * 2 * n + packed),
+            (f"quantize rht+columnwise{tag}", lambda x, kw=kw: K4.quantize_nvfp4(x, columnwise=True, rht=True, **kw), 2 * 2 * n + packed),
+            (f"quantize 2d{tag}", lambda x, kw=kw: K4.quantize_nvfp4(x, block_2d=True, **kw), 2 * 2 * n + packed),
+            (f"fake rowwise{tag}", lambda x, kw=kw: K4.fake_quantize_nvfp4(x, **kw), 2 * 2 * n + 2 * n),
+            (f"fake columnwise{tag}", lambda x, kw=kw: K4.fake_quantize_nvfp4(x, columnwise=True, **kw), 2 * 2 * n + 2 * n),
+            (f"fake rht+columnwise{tag}", lambda x, kw=kw: K4.fake_quantize_nvfp4(x, columnwise=True, rht=True, **kw), 2 * 2 * n + 2 * n),
+            (f"fake 2d{tag}", lambda x, kw=kw: K4.fake_quantize_nvfp4(x, block_2d=True, **kw), 2 * 2 * n + 2 * n),
+            (f"mxfp4 fake rowwise{tag}", lambda x, kw=kw: K4.fake_quantize_mxfp4(x, **kw), 2 * n + 2 * n),
+        ]
+    out += [
+        ("quantize rowwise, amax given", lambda x: K4.quantize_nvfp4(x, global_amax=_AMAX[0]), 2 * n + packed),
+        ("fake rowwise, amax given", lambda x: K4.fake_quantize_nvfp4(x, global_amax=_AMAX[0]), 2 * n + 2 * n),
+        ("amax", lambda x: K4.amax(x), 2 * n),
+        ("dequantize", None, packed + 2 * n),
+    ]
+    return out
+
+
+_AMAX = [None]
+BASELINE_SHAPES = {
+    "torchao nvfp4_quantize (compiled)": [(8192, 8192), (8192, 4096)],
+    "fp4lab.formats fake-quantize (compiled)": [(8192, 4096), (8192, 8192)],
+    "fp4lab.formats rht+columnwise fake-quantize (compiled)": [(8192, 4096)],
+}
+
+
+def baselines():
+    """torch.compile'd references: torchao nvfp4_quantize (if importable) and fp4lab's fake-quantize."""
+    from fp4lab import formats
+
+    out = {}
+    try:
+        from torchao.prototype.mx_formats.nvfp4_tensor import nvfp4_quantize, per_tensor_amax_to_scale
+
+        def torchao_q(x):
+            return nvfp4_quantize(x, 16, per_tensor_amax_to_scale(x.abs().amax()))
+
+        out["torchao nvfp4_quantize (compiled)"] = torch.compile(torchao_q)
+    except Exception as err:  # noqa: BLE001 - report why the baseline is missing, keep benchmarking
+        print(f"torchao baseline unavailable: {err!r}", file=sys.stderr)
+
+    def fake_ref(x):
+        return formats.fake_quantize(x, "nvfp4", nonfinite="propagate")
+
+    h = formats.rht_matrix("cuda", torch.float32)
+
+    def fake_rht_ref(x):
+        # the RHT as an fp32 matmul (formats.random_hadamard_16 uses float64, which would be unfair)
+        t = (x.T.float().unflatten(-1, (-1, 16)) @ h).flatten(-2).to(torch.bfloat16)
+        return formats.fake_quantize(t, "nvfp4", nonfinite="propagate")
+
+    out["fp4lab.formats fake-quantize (compiled)"] = torch.compile(fake_ref)
+    out["fp4lab.formats rht+columnwise fake-quantize (compiled)"] = torch.compile(fake_rht_ref)
+    return out
+
+
+def sweep() -> int:
+    from fp4lab.kernels.nvfp4 import nvfp4_triton
+
+    x = torch.randn(8192, 4096, device="cuda", dtype=torch.bfloat16)
+    a = torch.tensor(5.0, device="cuda")
+    for kw in (dict(fake=True), dict(fake=True, columnwise=True), dict(), dict(columnwise=True),
+               dict(fake=True, columnwise=True, rht=True)):
+        for tile in ((32, 128), (64, 128), (64, 64), (128, 64), (128, 32)):
+            for warps in (4, 8):
+                try:
+                    us = bench(lambda: nvfp4_triton(x, global_amax=a, tile=tile, num_warps=warps, **kw))
+                except Exception as err:  # noqa: BLE001
+                    print(kw, tile, warps, "failed", repr(err)[:200])
+                    continue
+                print(f"{str(kw):55s} tile {tile} warps {warps}: {us:8.2f} us (amax given)")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=None, help="JSON path (default: print only)")
+    p.add_argument("--shapes", default=None, help="e.g. 8192x4096,4096x4096")
+    p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--sweep", action="store_true", help="time tile shapes / warps of the NVFP4 kernel and exit")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/quantize.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    import triton
+
+    from fp4lab import kernels as K4
+
+    if args.sweep:
+        return sweep()
+    shapes = SHAPES if not args.shapes else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    dev = torch.cuda.get_device_name()
+    copy_gbps = copy_bandwidth()
+    print(f"{dev}: copy bandwidth {copy_gbps:.0f} GB/s (read+write)")
+    result = dict(
+        benchmark="quantize", device=dev, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
+        copy_gbps=round(copy_gbps, 1), timing="triton.testing.do_bench median (L2 flushed between calls), bf16 inputs",
+        command="PYTHONPATH=. python3 benchmarks/quantize.py --out " + (args.out or "-"), rows=[],
+    )
+    rows = result["rows"]
+
+    def save():
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=1)
+
+    for M, Kd in shapes:
+        x = torch.randn(M, Kd, device="cuda", dtype=torch.bfloat16)
+        _AMAX[0] = K4.amax(x)
+        q = K4.quantize_nvfp4(x)
+        for name, fn, nbytes in cases(M, Kd):
+            f = (lambda q=q: K4.dequantize_nvfp4(q)) if fn is None else (lambda fn=fn: fn(x))
+            us = bench(f)
+            gbps = nbytes / (us * 1e-6) / 1e9
+            rows.append(dict(shape=[M, Kd], case=name, us=round(us, 2), bytes=nbytes, gbps=round(gbps, 1),
+                             pct_copy=round(100 * gbps / copy_gbps, 1),
+                             floor_us=round(nbytes / (copy_gbps * 1e9) * 1e6, 2)))
+            print(f"{M}x{Kd:<6} {name:34s} {us:9.2f} us {gbps:8.0f} GB/s {100 * gbps / copy_gbps:5.1f}% of copy")
+        save()
+        del x, q
+        torch.cuda.empty_cache()
+    # compiled baselines last (each compile takes tens of seconds), on the shapes of the targets
+    base = {} if args.no_baselines else baselines()
+    for name, fn in base.items():
+        for M, Kd in BASELINE_SHAPES.get(name, []):
+            if (M, Kd) not in shapes:
+                continue
+            x = torch.randn(M, Kd, device="cuda", dtype=torch.bfloat16)
+            try:
+                us = bench(lambda fn=fn: fn(x), reps=100)
+            except Exception as err:  # noqa: BLE001 - report and go on
+                print(f"{name} failed: {err!r}", file=sys.stderr)
+                continue
+            rows.append(dict(shape=[M, Kd], case=name, us=round(us, 2)))
+            print(f"{M}x{Kd:<6} {name:34s} {us:9.2f} us")
+            save()
+    if args.out:
+        print("wrote", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

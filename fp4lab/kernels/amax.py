@@ -1,0 +1,95 @@
+"""Global amax on the GPU in one pass, without a host sync.
+
+A persistent grid writes one partial max per program (as the int32 bit pattern of a non-negative fp32:
+integer order equals float order there, and NaN's bits exceed Inf's, so NaN propagates like
+torch.amax). The quantize kernels read the partials directly; `amax()` adds a one-program reduction.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fp4lab.kernels.numerics import load_tile, reduce_amax_bits
+
+FLAT_BLOCK = 4096
+MAX_PARTS = 1024
+
+
+def n_programs(n_units: int, device: torch.device) -> int:
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
+    return max(1, min(n_units, 4 * sms, MAX_PARTS))
+
+
+@triton.jit
+def _amax_flat_kernel(x_ptr, n, parts_ptr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    acc = tl.zeros([BLOCK], dtype=tl.int32)
+    for start in range(pid * BLOCK, n, nprog * BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        v = tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(tl.float32)
+        acc = tl.maximum(acc, tl.abs(v).to(tl.int32, bitcast=True))
+    tl.store(parts_ptr + pid, tl.max(acc, axis=0))
+
+
+@triton.jit
+def _amax_rht_kernel(x_ptr, stride_r, stride_c, R, C, parts_ptr, n_tiles_r, n_tiles_c,
+                     BR: tl.constexpr, BC: tl.constexpr, DOT_FP32: tl.constexpr, TILES_C_MAJOR: tl.constexpr):
+    # amax of the BF16-rounded RHT output, tile by tile (the quantizer recomputes the transform); tiles
+    # in x's memory order, so the quantizer's reversed walk finds the last ones in L2
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    acc = tl.zeros([BR, BC], dtype=tl.int32)
+    for tile in range(pid, n_tiles_r * n_tiles_c, nprog):
+        if TILES_C_MAJOR:
+            tr = tile % n_tiles_r
+            tc = tile // n_tiles_r
+        else:
+            tr = tile // n_tiles_c
+            tc = tile % n_tiles_c
+        t = load_tile(x_ptr, stride_r, stride_c, R, C, tr * BR, tc * BC, BR, BC, True, DOT_FP32)
+        acc = tl.maximum(acc, tl.abs(t).to(tl.int32, bitcast=True))
+    tl.store(parts_ptr + pid, tl.max(tl.max(acc, axis=1), axis=0))
+
+
+@triton.jit
+def _amax_finish_kernel(parts_ptr, n_parts, out_ptr, N_PARTS: tl.constexpr):
+    tl.store(out_ptr, reduce_amax_bits(parts_ptr, n_parts, N_PARTS))
+
+
+def amax_partials(x: torch.Tensor) -> torch.Tensor:
+    """int32 partial maxima of |x| (fp32 bit patterns) of a contiguous tensor."""
+    n = x.numel()
+    parts = torch.empty(n_programs(triton.cdiv(max(n, 1), FLAT_BLOCK), x.device), dtype=torch.int32, device=x.device)
+    _amax_flat_kernel[(parts.numel(),)](x, n, parts, BLOCK=FLAT_BLOCK, num_warps=8)
+    return parts
+
+
+def amax_partials_rht(x: torch.Tensor, stride_r: int, stride_c: int, R: int, C: int,
+                      BR: int, BC: int, dot_fp32: bool, tiles_c_major: bool) -> torch.Tensor:
+    """int32 partial maxima of |RHT(t)| for the logical view t [R, C] of x (RHT along C)."""
+    n_tiles_r, n_tiles_c = triton.cdiv(R, BR), triton.cdiv(C, BC)
+    parts = torch.empty(n_programs(max(n_tiles_r * n_tiles_c, 1), x.device), dtype=torch.int32, device=x.device)
+    _amax_rht_kernel[(parts.numel(),)](x, stride_r, stride_c, R, C, parts, n_tiles_r, n_tiles_c,
+                                       BR=BR, BC=BC, DOT_FP32=dot_fp32, TILES_C_MAJOR=tiles_c_major,
+                                       num_warps=4, enable_fp_fusion=False)
+    return parts
+
+
+def finish_amax(parts: torch.Tensor) -> torch.Tensor:
+    out = torch.empty((), dtype=torch.float32, device=parts.device)
+    _amax_finish_kernel[(1,)](parts, parts.numel(), out, N_PARTS=triton.next_power_of_2(parts.numel()))
+    return out
+
+
+def amax_triton(x: torch.Tensor) -> torch.Tensor:
+    """The Triton path of `amax` on any device (CPU tensors run in the interpreter)."""
+    return finish_amax(amax_partials(x.contiguous()))
+
+
+def amax(x: torch.Tensor) -> torch.Tensor:
+    """max |x| as an fp32 0-dim tensor on x's device (NaN if any element is NaN); no host sync on CUDA."""
+    if x.is_cuda:
+        return amax_triton(x)
+    return x.float().abs().amax() if x.numel() else torch.zeros((), dtype=torch.float32, device=x.device)

@@ -1,0 +1,156 @@
+"""Triton device functions for the NVFP4/MXFP4 element and scale numerics.
+
+Everything is integer/bit arithmetic or comparisons against the grid: the Triton interpreter's float8
+casts are wrong when rounding carries into the exponent (research/triton-interpreter.md), and bit
+arithmetic is exact on both the interpreter and the GPU. The rules are those of fp4lab.formats
+(spec §1.2 for E2M1, §2.1 for E4M3, RHT from §4.2).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# module-level values used inside @triton.jit functions must be constexpr
+FP32_MAX = tl.constexpr(3.4028234663852886e38)
+RHT_SIGN_MASK = tl.constexpr(0xD7E8)  # bit i set where the RHT sign s_i is -1 (spec §4.2)
+
+
+@triton.jit
+def fdiv(a, b):
+    # Triton's `/` on fp32 may lower to an approximate division on the GPU; the reference divides exactly
+    return tl.math.div_rn(a, b)
+
+
+@triton.jit
+def e2m1_magnitude(a):
+    """E2M1 magnitude code 0..7 of |y| = a by round-to-nearest-even with saturation at 6 (NaN -> 0).
+
+    The code counts the bin edges at or below a; '>' vs '>=' sends every tie to the even code.
+    """
+    return ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
+            + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
+            + (a > 5.0).to(tl.int32))
+
+
+@triton.jit
+def e2m1_stochastic_grid(a, u):
+    """Round a = |y| (already clamped to [0, 6]) up to the next grid point with probability equal to
+    its fractional position between its two neighbours, u ~ U[0, 1); grid points never move."""
+    # grid spacing 0.5 below 2, 1 in [2, 4), 2 in [4, 6]: powers of two, so multiplying by the
+    # reciprocal is the reference's exact division
+    step = tl.where(a < 2.0, 0.5, tl.where(a < 4.0, 1.0, 2.0))
+    inv_step = tl.where(a < 2.0, 2.0, tl.where(a < 4.0, 1.0, 0.5))
+    lo = tl.floor(a * inv_step) * step
+    up = u < (a - lo) * inv_step
+    return tl.minimum(tl.where(up, lo + step, lo), 6.0)
+
+
+@triton.jit
+def e2m1_encode(y, u, STOCHASTIC: tl.constexpr):
+    """E2M1 code (int32 0..15) of fp32 y: sign bit copied from y (so -0.0 -> 0x8, as the reference)."""
+    a = tl.abs(y)
+    if STOCHASTIC:
+        a = e2m1_stochastic_grid(tl.minimum(a, 6.0), u)
+    sign = (y.to(tl.int32, bitcast=True) >> 31) & 1
+    return e2m1_magnitude(a) | (sign << 3)
+
+
+@triton.jit
+def e2m1_value(code):
+    """fp32 value of an E2M1 code (int32 0..15); code 0x8 gives -0.0 like the reference table."""
+    mag = code & 7
+    e = mag >> 1
+    normal = (((e + 126) << 23) | ((mag & 1) << 22)).to(tl.float32, bitcast=True)
+    v = tl.where(e == 0, (mag & 1).to(tl.float32) * 0.5, normal)
+    return (v.to(tl.int32, bitcast=True) | ((code & 8) << 28)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def e4m3_encode(sf):
+    """E4M3 byte (int32) of fp32 sf >= 0 by round-to-nearest-even, after clamping to 448; NaN -> 0x7F."""
+    sf = tl.where(sf > 448.0, 448.0, sf)  # keeps NaN (a comparison with NaN is false)
+    bits = sf.to(tl.int32, bitcast=True)
+    # normal range: keep 3 mantissa bits, RNE over the 20 dropped ones; a carry bumps the exponent
+    r = bits + 0x7FFFF + ((bits >> 20) & 1)
+    normal = (((r >> 23) - 120) << 3) | ((r >> 20) & 7)
+    # below 2^-6 the grid is k * 2^-9 (k = 0..8); adding 2^23 rounds sf * 512 to an integer (RNE)
+    sub = (sf * 512.0 + 8388608.0).to(tl.int32, bitcast=True) - 0x4B000000
+    code = tl.where(sf < 0.015625, sub, normal)
+    return tl.where(sf != sf, 0x7F, code)
+
+
+@triton.jit
+def e4m3_value(code):
+    """fp32 value of a non-negative E4M3 byte (int32); 0x7F is NaN."""
+    e = code >> 3
+    m = code & 7
+    normal = (((e + 120) << 23) | (m << 20)).to(tl.float32, bitcast=True)
+    v = tl.where(e == 0, m.to(tl.float32) * 0.001953125, normal)
+    return tl.where(code == 0x7F, float("nan"), v)
+
+
+@triton.jit
+def round_to_bf16(v):
+    """fp32 -> nearest BF16 value (RNE, kept in fp32) by bit arithmetic: the interpreter's fp32 -> bf16
+    cast truncates, so the cast alone would test different numerics than the GPU runs."""
+    bits = v.to(tl.int32, bitcast=True)
+    r = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+    return tl.where(v != v, v, r.to(tl.float32, bitcast=True))
+
+
+@triton.jit
+def rht_matrix(DTYPE: tl.constexpr):
+    """The 16x16 RHT matrix H = diag(s) @ H16 / 4 (row vector times matrix), entries ±0.25 exact in bf16."""
+    i = tl.arange(0, 16)[:, None]
+    j = tl.arange(0, 16)[None, :]
+    p = i & j
+    parity = (p ^ (p >> 1) ^ (p >> 2) ^ (p >> 3)) & 1
+    neg = parity ^ ((RHT_SIGN_MASK >> i) & 1)
+    return tl.where(neg == 1, -0.25, 0.25).to(DTYPE)
+
+
+@triton.jit
+def rht_rows(t, BR: tl.constexpr, BC: tl.constexpr, DOT_FP32: tl.constexpr):
+    """Apply the RHT to each group of 16 along the last dim of the tile t [BR, BC]; BF16-rounded result
+    (TE rounds the transform output to BF16 before amax and quantization, spec §4.2), returned as fp32.
+
+    Products with ±0.25 are exact; the sum of 16 is accumulated in fp32 like the reference.
+    """
+    g = tl.reshape(t, [BR * BC // 16, 16])
+    if DOT_FP32:
+        y = tl.dot(g.to(tl.float32), rht_matrix(tl.float32), input_precision="ieee")
+    else:
+        y = tl.dot(g.to(tl.bfloat16), rht_matrix(tl.bfloat16))
+    return tl.reshape(round_to_bf16(y), [BR, BC])
+
+
+@triton.jit
+def load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0,
+              BR: tl.constexpr, BC: tl.constexpr, RHT: tl.constexpr, DOT_FP32: tl.constexpr):
+    """Tile [BR, BC] of the logical view t[r, c] = x[r * stride_r + c * stride_c] as fp32, zero outside."""
+    r = r0 + tl.arange(0, BR)
+    c = c0 + tl.arange(0, BC)
+    ptrs = x_ptr + r[:, None].to(tl.int64) * stride_r + c[None, :].to(tl.int64) * stride_c
+    t = tl.load(ptrs, mask=(r[:, None] < R) & (c[None, :] < C), other=0.0)
+    if RHT:
+        return rht_rows(t, BR, BC, DOT_FP32)
+    return t.to(tl.float32)
+
+
+@triton.jit
+def uniform_tile(seed, r0, c0, Cp, BR: tl.constexpr, BC: tl.constexpr):
+    """U[0, 1) per element of the tile at (r0, c0) of a [*, Cp] grid; one Philox call yields four
+    numbers, so each call covers four neighbouring elements (a quarter of the integer work of tl.rand)."""
+    rows = r0 + tl.arange(0, BR)
+    quads = c0 // 4 + tl.arange(0, BC // 4)
+    u0, u1, u2, u3 = tl.rand4x(seed, rows[:, None] * (Cp // 4) + quads[None, :])
+    return tl.reshape(tl.join(tl.join(u0, u1), tl.join(u2, u3)), [BR, BC])
+
+
+@triton.jit
+def reduce_amax_bits(src_ptr, n_src, N_SRC: tl.constexpr):
+    """fp32 max of n_src non-negative values stored as int32 bit patterns (NaN's bits beat Inf's, so a
+    NaN anywhere propagates)."""
+    i = tl.arange(0, N_SRC)
+    bits = tl.load(src_ptr + i, mask=i < n_src, other=0)
+    return tl.max(bits, axis=0).to(tl.float32, bitcast=True)

@@ -1,0 +1,351 @@
+"""Fused NVFP4 quantize / fake-quantize / dequantize kernels (rowwise, columnwise, 2D, RHT, SR).
+
+One tile kernel serves every variant. It reads a logical view t[r, c] = x[r*stride_r + c*stride_c]
+(rowwise: t = x; columnwise: t = x.T, read in place), optionally applies the 16x16 RHT along c,
+takes the global amax from the partial maxima of the amax pass (device memory, no host sync), and
+quantizes blocks of 16 along c exactly as fp4lab.formats.quantize_nvfp4 in the chosen op order.
+Quantize writes packed codes + E4M3 scale bytes; fake-quantize dequantizes in registers instead.
+Tiles are visited in the reverse of the amax pass's order so the most recently read part of x is
+still in L2 when the second pass starts.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from fp4lab import formats
+from fp4lab.formats._checks import check_input
+from fp4lab.kernels.amax import amax_partials, amax_partials_rht
+from fp4lab.kernels.numerics import (
+    FP32_MAX, e2m1_encode, e2m1_value, e4m3_encode, e4m3_value, fdiv, load_tile, reduce_amax_bits, round_to_bf16,
+    uniform_tile,
+)
+
+ORDERS = {"torchao": 0, "te": 1, "compressed-tensors": 2}
+ROUNDINGS = ("nearest", "stochastic")
+# rows x columns of the logical view per program. Columnwise tiles are taller so each read of x
+# (contiguous along the logical rows there) covers 128 bytes.
+TILE_ROWWISE = (32, 128)
+TILE_COLUMNWISE = (64, 64)
+
+
+@triton.jit
+def block_scales(amax, amax_b, ORDER: tl.constexpr):
+    """(E4M3 byte, element factor, decode factor) of blocks with max |x| amax_b in fp4lab.formats' order.
+
+    The element factor multiplies x (torchao, te) or divides it (compressed-tensors); a zero scale
+    encodes with FLT_MAX as TE does. A non-finite tensor amax makes every scale byte NaN (0x7F).
+    """
+    if ORDER == 0:  # torchao: g = amax/2688; s = e4m3((amax_b/6)/g); y = x * ((1/g)/s); decode g*s
+        g = fdiv(amax, 2688.0)
+        g_enc = tl.where(amax == 0, 1.0, g)
+        code = e4m3_encode(fdiv(fdiv(amax_b, 6.0), g_enc))
+        s = e4m3_value(code)
+        factor = tl.where(s == 0, FP32_MAX, fdiv(fdiv(1.0, g_enc), s))
+    elif ORDER == 1:  # te: S = 2688/amax; s = e4m3(amax_b*(S*(1/6))); y = x * 1/(s*(1/S))
+        s_enc = fdiv(2688.0, amax)
+        s_enc = tl.where(s_enc > FP32_MAX, FP32_MAX, s_enc)
+        s_enc = tl.where((amax == 0) | (s_enc == 0), 1.0, s_enc)
+        s_dec = fdiv(1.0, s_enc)
+        code = e4m3_encode(amax_b * (s_enc * 0.16666666666666666))
+        s = e4m3_value(code)
+        factor = tl.where(s == 0, FP32_MAX, tl.minimum(fdiv(1.0, s * s_dec), FP32_MAX))
+    else:  # compressed-tensors: G = (1/max(amax, tiny))*2688 (non-finite -> 1); s = e4m3(G*(amax_b/6)); y = x / (s/G)
+        a = tl.where(amax < 1.1754943508222875e-38, 1.1754943508222875e-38, amax)
+        gs = fdiv(1.0, a) * 2688.0
+        gs = tl.where(tl.abs(gs) < float("inf"), gs, 1.0)
+        code = e4m3_encode(gs * fdiv(amax_b, 6.0))
+        s = e4m3_value(code)
+        factor = fdiv(s, gs)
+    code = tl.where(tl.abs(amax) < float("inf"), code, 0x7F)
+    s = e4m3_value(code)
+    if ORDER == 0:
+        decode = fdiv(amax, 2688.0) * s
+    elif ORDER == 1:
+        decode = (s * amax) * 0.00037202380952380954
+    else:
+        decode = fdiv(s, gs)
+    return code, factor, decode
+
+
+@triton.jit
+def _nvfp4_kernel(
+    x_ptr, stride_r, stride_c, R, C, R_out, C_out, Cp,
+    amax_src_ptr, n_amax_src, amax_out_ptr,
+    codes_ptr, scales_ptr, out_ptr, seed, n_tiles_r, n_tiles_c,
+    ORDER: tl.constexpr, BLOCK_2D: tl.constexpr, STOCHASTIC: tl.constexpr, RHT: tl.constexpr,
+    DOT_FP32: tl.constexpr, QUANT: tl.constexpr, FAKE: tl.constexpr, WRITE_AMAX: tl.constexpr,
+    INNER_DTYPE: tl.constexpr, TILES_C_MAJOR: tl.constexpr, N_SRC: tl.constexpr,
+    BR: tl.constexpr, BC: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    idx = n_tiles_r * n_tiles_c - 1 - pid
+    if TILES_C_MAJOR:
+        tr = idx % n_tiles_r
+        tc = idx // n_tiles_r
+    else:
+        tr = idx // n_tiles_c
+        tc = idx % n_tiles_c
+    r0 = tr * BR
+    c0 = tc * BC
+
+    amax = reduce_amax_bits(amax_src_ptr, n_amax_src, N_SRC)
+    if WRITE_AMAX:
+        if pid == 0:
+            tl.store(amax_out_ptr, amax)
+
+    t = load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0, BR, BC, RHT, DOT_FP32)
+    a = tl.abs(t)
+    if BLOCK_2D:
+        a4 = tl.reshape(a, [BR // 16, 16, BC // 16, 16])
+        tile_max = tl.max(tl.max(a4, axis=3), axis=1)  # [BR/16, BC/16]
+        amax_b = tl.reshape(tl.broadcast_to(tile_max[:, None, :], [BR // 16, 16, BC // 16]), [BR, BC // 16])
+    else:
+        amax_b = tl.max(tl.reshape(a, [BR, BC // 16, 16]), axis=2)
+    code_s, factor, decode = block_scales(amax, amax_b, ORDER)
+
+    t3 = tl.reshape(t, [BR, BC // 16, 16])
+    if ORDER == 2:
+        y3 = tl.where((factor == 0)[:, :, None], t3 * FP32_MAX, fdiv(t3, factor[:, :, None]))
+    else:
+        y3 = t3 * factor[:, :, None]
+    y = tl.reshape(y3, [BR, BC])
+
+    rows = r0 + tl.arange(0, BR)
+    cols = c0 + tl.arange(0, BC)
+    if STOCHASTIC:
+        u = uniform_tile(seed, r0, c0, Cp, BR, BC)
+    else:
+        u = 0.0
+    q = e2m1_encode(y, u, STOCHASTIC)
+
+    if QUANT:
+        lo, hi = tl.split(tl.reshape(q, [BR, BC // 2, 2]))
+        bcols = c0 // 2 + tl.arange(0, BC // 2)
+        tl.store(codes_ptr + rows[:, None].to(tl.int64) * (Cp // 2) + bcols[None, :],
+                 (lo | (hi << 4)).to(tl.uint8),
+                 mask=(rows[:, None] < R_out) & (bcols[None, :] < Cp // 2))
+        scols = c0 // 16 + tl.arange(0, BC // 16)
+        tl.store(scales_ptr + rows[:, None].to(tl.int64) * (Cp // 16) + scols[None, :],
+                 code_s.to(tl.uint8),
+                 mask=(rows[:, None] < R_out) & (scols[None, :] < Cp // 16))
+    if FAKE:
+        v = tl.reshape(tl.reshape(e2m1_value(q), [BR, BC // 16, 16]) * decode[:, :, None], [BR, BC])
+        if INNER_DTYPE == tl.bfloat16:
+            v = round_to_bf16(v)
+        tl.store(out_ptr + rows[:, None].to(tl.int64) * C_out + cols[None, :], v.to(INNER_DTYPE),
+                 mask=(rows[:, None] < R) & (cols[None, :] < C_out))
+
+
+@triton.jit
+def _nvfp4_dequant_kernel(codes_ptr, scales_ptr, amax_ptr, out_ptr, R, C, Cp,
+                          ORDER: tl.constexpr, OUT_BF16: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+    pid_r = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    rows = pid_r * BR + tl.arange(0, BR)
+    rmask = rows[:, None] < R
+    bcols = pid_c * (BC // 2) + tl.arange(0, BC // 2)
+    b = tl.load(codes_ptr + rows[:, None].to(tl.int64) * (Cp // 2) + bcols[None, :],
+                mask=rmask & (bcols[None, :] < Cp // 2), other=0).to(tl.int32)
+    q = tl.reshape(tl.join(b & 15, b >> 4), [BR, BC])
+    scols = pid_c * (BC // 16) + tl.arange(0, BC // 16)
+    code_s = tl.load(scales_ptr + rows[:, None].to(tl.int64) * (Cp // 16) + scols[None, :],
+                     mask=rmask & (scols[None, :] < Cp // 16), other=0).to(tl.int32)
+    s = e4m3_value(code_s)
+    amax = tl.load(amax_ptr)
+    if ORDER == 0:
+        f = fdiv(amax, 2688.0) * s
+    elif ORDER == 1:
+        f = (s * amax) * 0.00037202380952380954
+    else:
+        a = tl.where(amax < 1.1754943508222875e-38, 1.1754943508222875e-38, amax)
+        gs = fdiv(1.0, a) * 2688.0
+        gs = tl.where(tl.abs(gs) < float("inf"), gs, 1.0)
+        f = fdiv(s, gs)
+    v = tl.reshape(tl.reshape(e2m1_value(q), [BR, BC // 16, 16]) * f[:, :, None], [BR, BC])
+    cols = pid_c * BC + tl.arange(0, BC)
+    if OUT_BF16:
+        v = round_to_bf16(v)
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], v, mask=rmask & (cols[None, :] < C))
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _logical_view(x: torch.Tensor, columnwise: bool):
+    """x as 2-D [M, K] (leading dims flattened) and the (stride_r, stride_c, R, C) of t = x or x.T."""
+    x2 = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    M, K = x2.shape
+    if columnwise:
+        return x2, 1, K, K, M
+    return x2, K, 1, M, K
+
+
+def _stochastic_seed(rounding: str, generator) -> int:
+    if rounding != "stochastic":
+        return 0
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError("stochastic rounding takes its seed from a CPU torch.Generator; a "
+                         f"{generator.device.type} generator would force a host sync")
+    # drawn on the host from a CPU generator: reproducible and never waits for the GPU
+    return int(torch.randint(2**31 - 1, (1,), generator=generator))
+
+
+def _check_args(x, fn, block_2d, rounding, scale_order, nonfinite):
+    check_input(x, fn, nonfinite)  # type and mode checks; NaN/Inf scan (a host sync) only for "raise"
+    if scale_order not in ORDERS:
+        raise ValueError(f"{fn}: scale_order must be one of {tuple(ORDERS)}, got {scale_order!r}")
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"{fn}: rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    if x.ndim == 0:
+        raise ValueError(f"{fn}: need at least 1 dim, got a 0-dim tensor")
+    if block_2d and x.ndim != 2:
+        raise ValueError(f"{fn}: block_2d needs a 2-D tensor [M, K], got shape {tuple(x.shape)}")
+
+
+def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", scale_order="torchao",
+                 generator=None, columnwise=False, rht=False, fake=False, out_dtype=None,
+                 nonfinite="propagate", tile=None, num_warps=4):
+    """Run the tile kernel on any device (CPU tensors need TRITON_INTERPRET=1).
+
+    Returns an NVFP4Tensor (fake=False) or the fake-quantized tensor (fake=True).
+    """
+    fn = "fake_quantize_nvfp4" if fake else "quantize_nvfp4"
+    _check_args(x, fn, block_2d, rounding, scale_order, nonfinite)
+    if columnwise and x.ndim < 2:
+        raise ValueError(f"{fn}: columnwise needs at least 2 dims, got shape {tuple(x.shape)}")
+    x2, stride_r, stride_c, R, C = _logical_view(x, columnwise)
+    dev = x.device
+    BR, BC = tile or (TILE_COLUMNWISE if columnwise else TILE_ROWWISE)
+    dot_fp32 = interpreting() or x.dtype != torch.bfloat16
+    Cp = triton.cdiv(C, 16) * 16
+    C_out = Cp if rht else C  # random_hadamard_16 returns the padded length
+    R_out = triton.cdiv(R, 16) * 16 if block_2d else R
+
+    if global_amax is None:
+        if rht:
+            parts = amax_partials_rht(x2, stride_r, stride_c, R, C, BR, BC, dot_fp32, columnwise)
+        else:
+            parts = amax_partials(x2)
+        amax_out = torch.empty((), dtype=torch.float32, device=dev)
+    else:
+        amax_out = torch.as_tensor(global_amax, dtype=torch.float32, device=dev).reshape(())
+        parts = amax_out.reshape(1).view(torch.int32)
+
+    inner = torch.bfloat16 if rht else x.dtype
+    out_dtype = out_dtype or x.dtype
+    if fake:
+        out = torch.empty((R, C_out), dtype=inner, device=dev)
+        codes = scales = out  # unused pointers
+    else:
+        codes = torch.empty((R_out, Cp // 2), dtype=torch.uint8, device=dev)
+        scales = torch.empty((R_out, Cp // 16), dtype=torch.uint8, device=dev)
+        out = codes
+    n_tiles_r, n_tiles_c = triton.cdiv(R_out, BR), triton.cdiv(Cp, BC)
+    if n_tiles_r * n_tiles_c == 0:
+        if global_amax is None:
+            amax_out.zero_()
+    else:
+        _nvfp4_kernel[(n_tiles_r * n_tiles_c,)](
+            x2, stride_r, stride_c, R, C, R_out, C_out, Cp,
+            parts, parts.numel(), amax_out, codes, scales, out,
+            _stochastic_seed(rounding, generator), n_tiles_r, n_tiles_c,
+            ORDER=ORDERS[scale_order], BLOCK_2D=block_2d, STOCHASTIC=rounding == "stochastic", RHT=rht,
+            DOT_FP32=dot_fp32, QUANT=not fake, FAKE=fake, WRITE_AMAX=global_amax is None,
+            INNER_DTYPE=_tl_dtype(inner), TILES_C_MAJOR=columnwise,
+            N_SRC=max(triton.next_power_of_2(parts.numel()), 2), BR=BR, BC=BC, num_warps=num_warps,
+            enable_fp_fusion=False,  # no fma contraction: every product is rounded like the reference
+        )
+    if fake:
+        out = out if out_dtype == inner else out.to(out_dtype)
+        return out.reshape(*x.shape[:-1], C_out) if not columnwise and x.ndim != 2 else out
+    if columnwise or x.ndim == 2:
+        shape = torch.Size((R, C_out))
+        lead = (R_out,)
+    else:
+        shape = torch.Size((*x.shape[:-1], C_out))
+        lead = tuple(x.shape[:-1])
+    return formats.NVFP4Tensor(
+        codes.reshape(*lead, Cp // 2), scales.view(torch.float8_e4m3fn).reshape(*lead, Cp // 16),
+        amax_out, shape, scale_order, block_2d,
+    )
+
+
+def _tl_dtype(dtype: torch.dtype):
+    return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32,
+            torch.float64: tl.float64}[dtype]
+
+
+def dequantize_nvfp4_triton(t: formats.NVFP4Tensor, dtype: torch.dtype = torch.bfloat16,
+                            tile=(32, 128)) -> torch.Tensor:
+    """Run the dequantize kernel on any device (CPU tensors need TRITON_INTERPRET=1)."""
+    if t.scale_order not in ORDERS:
+        raise ValueError(f"dequantize_nvfp4: unknown scale_order {t.scale_order!r}")
+    C = t.shape[-1]
+    R = 1
+    for n in t.shape[:-1]:
+        R *= n
+    Cp = triton.cdiv(C, 16) * 16
+    codes = t.codes.reshape(-1, Cp // 2)
+    scales = t.scales.reshape(-1, Cp // 16).view(torch.uint8)
+    if codes.shape[0] < R or scales.shape[0] != codes.shape[0]:
+        raise ValueError(f"dequantize_nvfp4: codes {tuple(t.codes.shape)} / scales {tuple(t.scales.shape)} "
+                         f"do not match the logical shape {tuple(t.shape)}")
+    out = torch.empty((R, C), dtype=torch.float32 if dtype not in (torch.bfloat16, torch.float16) else dtype,
+                      device=codes.device)
+    BR, BC = tile
+    if R and C:
+        grid = (triton.cdiv(R, BR), triton.cdiv(Cp, BC))
+        _nvfp4_dequant_kernel[grid](codes.contiguous(), scales.contiguous(), t.global_amax.float().reshape(()),
+                                    out, R, C, Cp, ORDER=ORDERS[t.scale_order],
+                                    OUT_BF16=out.dtype == torch.bfloat16, BR=BR, BC=BC, num_warps=4,
+                                    enable_fp_fusion=False)
+    return out.to(dtype).reshape(t.shape)
+
+
+# ---- public wrappers: Triton on CUDA tensors, the fp4lab.formats reference elsewhere ----
+
+def _reference_operand(x: torch.Tensor, columnwise: bool, rht: bool) -> torch.Tensor:
+    t = x.reshape(-1, x.shape[-1]).T if columnwise else x
+    return formats.random_hadamard_16(t, nonfinite="propagate") if rht else t
+
+
+def quantize_nvfp4(x, *, block_2d=False, global_amax=None, rounding="nearest", scale_order="torchao",
+                   generator=None, nonfinite="propagate", columnwise=False, rht=False):
+    """NVFP4-quantize x [M, K] (blocks of 16 along K), or x.T with `columnwise` (blocks along M, no
+    transpose in memory), optionally after the 16x16 RHT. Bit-exact with
+    ``formats.quantize_nvfp4(random_hadamard_16(x.T) if rht else x.T ...)`` for round-to-nearest."""
+    if not x.is_cuda:
+        return formats.quantize_nvfp4(_reference_operand(x, columnwise, rht), block_2d=block_2d,
+                                      global_amax=global_amax, rounding=rounding, scale_order=scale_order,
+                                      generator=generator, nonfinite=nonfinite)
+    return nvfp4_triton(x, block_2d=block_2d, global_amax=global_amax, rounding=rounding,
+                        scale_order=scale_order, generator=generator, columnwise=columnwise, rht=rht,
+                        nonfinite=nonfinite)
+
+
+def fake_quantize_nvfp4(x, *, block_2d=False, global_amax=None, rounding="nearest", scale_order="torchao",
+                        generator=None, columnwise=False, rht=False, out_dtype=None):
+    """quantize_nvfp4 then dequantize, fused in registers; returns [M, K] (or the contiguous [K, M] of
+    x.T with `columnwise`) in out_dtype (default x.dtype). Non-finite input gives NaN everywhere."""
+    if not x.is_cuda:
+        t = _reference_operand(x, columnwise, rht)
+        q = formats.quantize_nvfp4(t, block_2d=block_2d, global_amax=global_amax, rounding=rounding,
+                                   scale_order=scale_order, generator=generator, nonfinite="propagate")
+        return q.dequantize(t.dtype).to(out_dtype or x.dtype)
+    return nvfp4_triton(x, block_2d=block_2d, global_amax=global_amax, rounding=rounding,
+                        scale_order=scale_order, generator=generator, columnwise=columnwise, rht=rht,
+                        fake=True, out_dtype=out_dtype)
+
+
+def dequantize_nvfp4(t: formats.NVFP4Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """NVFP4Tensor -> dtype (logical shape), with the tensor's own scale-order arithmetic."""
+    if not t.codes.is_cuda:
+        return t.dequantize(dtype)
+    return dequantize_nvfp4_triton(t, dtype)

@@ -1,0 +1,84 @@
+"""The same bit-exact checks on a GPU with large shapes (reference computed on the CPU)."""
+import math
+
+import pytest
+import torch
+
+from fp4lab import formats, kernels
+
+from ._helpers import ORDERS, VARIANTS, assert_bitwise_equal, check_fake, check_mxfp4, check_quantize, spread_input
+
+pytestmark = pytest.mark.gpu
+
+SHAPES = [(1024, 2048), (1000, 1040)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("order", ORDERS)
+def test_quantize_and_fake_bit_exact(shape, variant, order):
+    x = spread_input(*shape, seed=shape[0] + len(variant), device="cuda")
+    check_quantize(x, variant, order)
+    check_fake(x, variant, order)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_other_input_dtypes(dtype):
+    x = spread_input(512, 1024, dtype=dtype, device="cuda")
+    for variant in VARIANTS:
+        check_quantize(x, variant, "te")
+    check_fake(x, "rowwise", "torchao")
+
+
+@pytest.mark.parametrize("rule", ["floor", "rceil"])
+def test_mxfp4(rule):
+    x = spread_input(1024, 2048, seed=9, device="cuda")
+    check_mxfp4(x, rule)
+    check_mxfp4(x, rule, columnwise=True)
+    check_mxfp4(x, rule, columnwise=True, rht=True)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_dequantize_and_amax(order):
+    x = spread_input(2048, 1024, seed=3, device="cuda")
+    q = kernels.quantize_nvfp4(x, scale_order=order)
+    r = formats.quantize_nvfp4(x.cpu(), scale_order=order)
+    assert_bitwise_equal(kernels.dequantize_nvfp4(q), r.dequantize())
+    assert torch.equal(kernels.amax(x).cpu(), x.cpu().float().abs().amax())
+
+
+def test_no_host_sync():
+    x = spread_input(1024, 2048, device="cuda")
+    g = torch.Generator().manual_seed(0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        kernels.amax(x)
+        kernels.quantize_nvfp4(x, columnwise=True, rht=True, rounding="stochastic", generator=g)
+        kernels.fake_quantize_nvfp4(x, block_2d=True)
+        kernels.fake_quantize_mxfp4(x)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+def test_nonfinite_propagates():
+    x = spread_input(256, 512, device="cuda")
+    x[100, 200] = float("nan")
+    assert torch.isnan(kernels.fake_quantize_nvfp4(x)).all()
+    assert (kernels.quantize_nvfp4(x, columnwise=True).scales.view(torch.uint8) == 0x7F).all()
+
+
+def test_stochastic_rounding_unbiased_on_gpu():
+    x = torch.full((2048, 1024), 1.1, device="cuda")
+    x[:, ::16] = 6.0
+    x[0, 0] = 2688.0
+    g = torch.Generator().manual_seed(0)
+    y = kernels.fake_quantize_nvfp4(x, rounding="stochastic", generator=g, out_dtype=torch.float32)
+    s = y.reshape(-1, 16)[1:, 1:]
+    assert set(s.unique().tolist()) <= {1.0, 1.5}
+    sigma = 0.5 * math.sqrt(0.2 * 0.8 / s.numel())
+    assert abs(s.mean().item() - 1.1) < 3 * sigma
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a = kernels.quantize_nvfp4(x, columnwise=True, rht=True, rounding="stochastic", generator=g1)
+    b = kernels.quantize_nvfp4(x, columnwise=True, rht=True, rounding="stochastic", generator=g2)
+    assert torch.equal(a.codes, b.codes)

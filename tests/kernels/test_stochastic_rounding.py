@@ -1,0 +1,70 @@
+"""Stochastic rounding in the kernels: unbiased, grid points fixed, saturation, same seed -> same output."""
+import math
+
+import pytest
+import torch
+
+from fp4lab import formats
+from fp4lab.kernels import dequantize_nvfp4_triton, mxfp4_fake_triton, nvfp4_triton
+
+
+def _sr_input(v, rows=64, blocks=8):
+    """amax 2688 (so the global scale is 1) and blocks [6, v x 15] whose scale is exactly 1.0 (spec §6.6)."""
+    x = torch.full((rows, 16 * blocks), v)
+    x[:, ::16] = 6.0
+    x[0, 0] = 2688.0
+    return x
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("v", [1.25, 1.1, 3.3])
+def test_unbiased_within_3_sigma(v):
+    x = _sr_input(v)
+    y = nvfp4_triton(x, rounding="stochastic", generator=_gen(1), fake=True, out_dtype=torch.float32)
+    sample = y.reshape(-1, 16)[:, 1:][1:]  # drop block 0 of row 0 (its max is 2688)
+    lo, hi = {1.25: (1.0, 1.5), 1.1: (1.0, 1.5), 3.3: (3.0, 4.0)}[v]
+    assert set(sample.unique().tolist()) <= {lo, hi}
+    p = (v - lo) / (hi - lo)
+    sigma = (hi - lo) * math.sqrt(p * (1 - p) / sample.numel())
+    assert abs(sample.mean().item() - v) < 3 * sigma, (sample.mean().item(), v, sigma)
+
+
+def test_grid_points_fixed_and_saturation():
+    grid = torch.tensor(formats.E2M1_VALUES.tolist())
+    x = torch.zeros(33, 32)
+    x[:32, :16] = grid  # block max 6 -> scale 1.0: every element is on the grid
+    x[:32, 16] = 6.2  # scale e4m3(6.2/6) = 1.0: 6.2 scales to 6.2 and must saturate to 6
+    x[:32, 17:32] = -6.0
+    x[32, 0] = -2688.0  # amax 2688 -> global scale 1
+    for seed in range(3):
+        y = nvfp4_triton(x, rounding="stochastic", generator=_gen(seed), fake=True)
+        assert torch.equal(y[:32, :16], x[:32, :16])
+        assert (y[:32, 16] == 6.0).all() and (y[:32, 17:] == -6.0).all()
+
+
+def test_same_seed_same_output_and_fake_matches_dequantize():
+    x = torch.randn(32, 64, generator=_gen(10))
+    a = nvfp4_triton(x, rounding="stochastic", generator=_gen(5))
+    b = nvfp4_triton(x, rounding="stochastic", generator=_gen(5))
+    c = nvfp4_triton(x, rounding="stochastic", generator=_gen(6))
+    assert torch.equal(a.codes, b.codes) and not torch.equal(a.codes, c.codes)
+    f = nvfp4_triton(x, rounding="stochastic", generator=_gen(5), fake=True)
+    assert torch.equal(f, dequantize_nvfp4_triton(a, x.dtype))
+    m1 = mxfp4_fake_triton(x, rounding="stochastic", generator=_gen(5), columnwise=True)
+    m2 = mxfp4_fake_triton(x, rounding="stochastic", generator=_gen(5), columnwise=True)
+    assert torch.equal(m1, m2)
+
+
+def test_sr_error_not_below_rne():
+    x = torch.randn(64, 64, generator=_gen(11))
+    q = nvfp4_triton(x)
+    rne = nvfp4_triton(x, fake=True)
+    sr = nvfp4_triton(x, rounding="stochastic", generator=_gen(0), fake=True)
+    assert (sr - x).abs().mean() >= (rne - x).abs().mean()
+    # SR moves a value to one of its two grid neighbours, so it is within one grid step (at most
+    # 2 * the block's decode scale) of the RNE result; the scales themselves are always RNE
+    step = (2 * q.block_decode_scales()).repeat_interleave(16, -1)
+    assert ((sr - rne).abs() <= step * (1 + 2**-20)).all()  # slack: 6f - 4f is rounded in fp32
