@@ -1,0 +1,236 @@
+"""Operand quantization for the three GEMMs of a linear layer (spec table §4.1), as data plus three calls.
+
+`gemm_plan(fwd, bwd)` says, for every operand of Fprop / Dgrad / Wgrad, how it is quantized
+(`OperandQuant`, or None for BF16). `quantize` / `fake_quantize` / `dequantize` run one operand
+through `fp4lab.kernels` (Triton on CUDA) when it provides the op, else through the pure-PyTorch
+`fp4lab.formats` reference. Non-finite values always propagate (no host sync on the hot path).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from fp4lab import formats
+from fp4lab.recipes import RecipeConfig
+
+
+@dataclass(frozen=True)
+class OperandQuant:
+    """How one GEMM operand is quantized along its reduction dim.
+
+    fmt: "nvfp4" | "mxfp4" | "fp8_e4m3" | "fp8_e5m2". block_2d: 16x16 (nvfp4) or 128x128 (fp8)
+    tiles. block128: fp8 1x128 blocks instead of one scale per tensor. rht: 16x16 random Hadamard
+    transform along the reduction dim first. stochastic: SR of the elements (scales stay RNE).
+    """
+
+    fmt: str
+    block_2d: bool = False
+    block128: bool = False
+    rht: bool = False
+    stochastic: bool = False
+    scale_order: str = "torchao"
+    scale_rule: str = "rceil"
+
+    def label(self, with_format: bool = True) -> str:
+        """Short human description, e.g. 'nvfp4 1x16 SR+RHT' (or '1x16 SR+RHT' without the format)."""
+        if self.fmt.startswith("fp8"):
+            gran = ("128x128" if self.block_2d else "1x128") if self.block128 else "tensor"
+        else:
+            gran = "16x16" if self.block_2d else ("1x32" if self.fmt == "mxfp4" else "1x16")
+        extra = "+".join(["SR"] * self.stochastic + ["RHT"] * self.rht)
+        parts = ([self.fmt.replace("_", "-")] if with_format else []) + [gran] + ([extra] if extra else [])
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """Quantization of the six GEMM operands; None means the operand stays in high precision (BF16)."""
+
+    fprop_x: OperandQuant | None = None
+    fprop_w: OperandQuant | None = None
+    dgrad_dy: OperandQuant | None = None
+    dgrad_w: OperandQuant | None = None
+    wgrad_dy: OperandQuant | None = None
+    wgrad_x: OperandQuant | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in dataclasses.fields(self))
+
+    @property
+    def weight_consistent(self) -> bool:
+        """Dgrad uses exactly the Fprop-quantized W (2D tiles, or one FP8 scale per tensor)."""
+        w = self.fprop_w
+        per_tensor = w is not None and w.fmt.startswith("fp8") and not w.block128
+        return w is not None and w == self.dgrad_w and (w.block_2d or per_tensor)
+
+
+def _roles(r: RecipeConfig) -> dict[str, OperandQuant | None]:
+    """Spec table §4.1 for one recipe: role -> quantization (x/w/dy rowwise, x/dy columnwise)."""
+    if not r.quantized:
+        return dict.fromkeys(("x", "w", "dy", "x_col", "dy_col"))
+    if r.format == "nvfp4" or r.format == "mxfp4":
+        base = OperandQuant(r.format, scale_order=r.scale_order, scale_rule=r.mxfp4_scale_rule)
+        w = dataclasses.replace(base, block_2d=r.weight_2d and r.format == "nvfp4")
+        dy = dataclasses.replace(base, stochastic=r.stochastic_rounding)
+        return {
+            "x": base, "w": w, "dy": dy,
+            "x_col": dataclasses.replace(base, rht=r.rht),
+            "dy_col": dataclasses.replace(dy, rht=r.rht),
+        }
+    block = r.format == "fp8-block"
+    act = OperandQuant("fp8_e4m3", block128=block)
+    grad = OperandQuant(f"fp8_{r.fp8_grad_format}", block128=block)
+    w = dataclasses.replace(act, block_2d=block and r.weight_2d)
+    return {"x": act, "w": w, "dy": grad, "x_col": act, "dy_col": grad}
+
+
+def gemm_plan(fwd: RecipeConfig, bwd: RecipeConfig) -> GemmPlan:
+    """Operands of Fprop from `fwd`, of Dgrad and Wgrad from `bwd` (they differ after a forward-only switch)."""
+    f, b = _roles(fwd), _roles(bwd)
+    return GemmPlan(f["x"], f["w"], b["dy"], b["w"], b["dy_col"], b["x_col"])
+
+
+def _load_kernels():
+    """fp4lab.kernels if it provides the wrappers this module uses, else None (resolved at import:
+    a lazy first-call import would be a side effect inside a torch.compile trace)."""
+    try:
+        import fp4lab.kernels as k
+    except Exception:  # noqa: BLE001 - a broken kernels package must not stop training on the reference
+        return None
+    return k if hasattr(k, "quantize_nvfp4") and hasattr(k, "fake_quantize_nvfp4") else None
+
+
+_KERNELS = _load_kernels()
+
+
+def _kernels():
+    return _KERNELS
+
+
+def _columnwise(t: torch.Tensor, q: OperandQuant) -> torch.Tensor:
+    """t [M, K] -> t^T [K, M] (the reduction dim of Wgrad is tokens), RHT-ed along M if asked."""
+    tt = t.t()
+    if q.rht:
+        return formats.random_hadamard_16(tt, nonfinite="propagate")
+    return tt.contiguous()
+
+
+def _device_generator(generator, device: torch.device):
+    """The reference draws its uniforms on the tensor's device; off-CPU, seed a generator there
+    from the CPU one (a host-side draw, so no device sync)."""
+    if generator is None or device.type == generator.device.type:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _nvfp4_kw(q: OperandQuant, generator) -> dict:
+    return dict(
+        block_2d=q.block_2d, scale_order=q.scale_order,
+        rounding="stochastic" if q.stochastic else "nearest",
+        generator=generator if q.stochastic else None,
+    )
+
+
+def quantize(t: torch.Tensor, q: OperandQuant, *, columnwise: bool = False, generator=None):
+    """Packed quantization of a 2D operand along its last dim (of t^T with `columnwise`)."""
+    if q.fmt == "nvfp4":
+        k = _kernels()
+        if k is not None:
+            return k.quantize_nvfp4(
+                t, nonfinite="propagate", columnwise=columnwise, rht=q.rht and columnwise, **_nvfp4_kw(q, generator)
+            )
+        src = _columnwise(t, q) if columnwise else t
+        gen = _device_generator(generator, t.device) if q.stochastic else None
+        return formats.quantize_nvfp4(src, nonfinite="propagate", **_nvfp4_kw(q, gen))
+    src = _columnwise(t, q) if columnwise else t
+    if q.fmt == "mxfp4":
+        return formats.quantize_mxfp4(
+            src, scale_rule=q.scale_rule, rounding="stochastic" if q.stochastic else "nearest",
+            generator=_device_generator(generator, t.device) if q.stochastic else None, nonfinite="propagate",
+        )
+    return formats.quantize_fp8(
+        src, fmt=q.fmt[4:], granularity="block128" if q.block128 else "tensor",
+        block_2d=q.block_2d, nonfinite="propagate",
+    )
+
+
+def fake_quantize(
+    t: torch.Tensor, q: OperandQuant, *, columnwise: bool = False, generator=None, dtype=torch.bfloat16
+) -> torch.Tensor:
+    """quantize -> dequantize of a 2D operand, in `dtype`; [K, M] (t^T, RHT-ed if q.rht) with `columnwise`.
+
+    `generator` (for SR) is a CPU torch.Generator or the int key `register_generator` returned; with a
+    key, torch.compile sees an opaque custom op instead of a Generator, so it does not break the graph.
+    """
+    if isinstance(generator, int):
+        if q.stochastic and torch.compiler.is_compiling():
+            return torch.ops.fp4lab.sr_fake_quantize(
+                t, q.fmt, q.block_2d, q.block128, q.rht, q.scale_order, q.scale_rule, columnwise, generator, dtype
+            )
+        generator = _GENERATORS[generator]
+    return _fake_quantize(t, q, columnwise, generator, dtype)
+
+
+def _fake_quantize(t, q, columnwise, generator, dtype):
+    k = _kernels()
+    if k is not None and q.fmt == "nvfp4":
+        return k.fake_quantize_nvfp4(
+            t, columnwise=columnwise, rht=q.rht and columnwise, out_dtype=dtype, **_nvfp4_kw(q, generator)
+        )
+    if k is not None and q.fmt == "mxfp4" and hasattr(k, "fake_quantize_mxfp4"):
+        return k.fake_quantize_mxfp4(
+            t, scale_rule=q.scale_rule, rounding="stochastic" if q.stochastic else "nearest",
+            generator=generator if q.stochastic else None, columnwise=columnwise, rht=q.rht and columnwise,
+        ).to(dtype)
+    return dequantize(quantize(t, q, columnwise=columnwise, generator=generator), dtype)
+
+
+_GENERATORS: list[torch.Generator] = []
+
+
+def register_generator(generator: torch.Generator) -> int:
+    """A process-wide int key for an SR generator (what compiled graphs carry instead of the object)."""
+    _GENERATORS.append(generator)
+    return len(_GENERATORS) - 1
+
+
+@torch.library.custom_op("fp4lab::sr_fake_quantize", mutates_args=())
+def _sr_fake_quantize(
+    t: torch.Tensor, fmt: str, block_2d: bool, block128: bool, rht: bool, scale_order: str, scale_rule: str,
+    columnwise: bool, generator_key: int, dtype: torch.dtype,
+) -> torch.Tensor:
+    q = OperandQuant(fmt, block_2d, block128, rht, True, scale_order, scale_rule)
+    return _fake_quantize(t, q, columnwise, _GENERATORS[generator_key], dtype)
+
+
+@_sr_fake_quantize.register_fake
+def _(t, fmt, block_2d, block128, rht, scale_order, scale_rule, columnwise, generator_key, dtype):
+    if not columnwise:
+        return t.new_empty(t.shape, dtype=dtype)
+    m = t.shape[0]
+    return t.new_empty((t.shape[1], (m + 15) // 16 * 16 if rht else m), dtype=dtype)
+
+
+def dequantize(p, dtype=torch.bfloat16) -> torch.Tensor:
+    k = _kernels()
+    if k is not None and isinstance(p, formats.NVFP4Tensor) and hasattr(k, "dequantize_nvfp4"):
+        return k.dequantize_nvfp4(p, dtype)
+    return p.dequantize(dtype)
+
+
+def split_packed(p) -> tuple[tuple[torch.Tensor, ...], tuple]:
+    """A packed tensor as (its tensors, the rest): tensors go through ctx.save_for_backward."""
+    values = {f.name: getattr(p, f.name) for f in dataclasses.fields(p)}
+    tensors = tuple(v for v in values.values() if isinstance(v, torch.Tensor))
+    others = tuple((n, v) for n, v in values.items() if not isinstance(v, torch.Tensor))
+    tensor_names = tuple(n for n, v in values.items() if isinstance(v, torch.Tensor))
+    return tensors, (type(p), tensor_names, others)
+
+
+def join_packed(tensors, meta):
+    cls, tensor_names, others = meta
+    return cls(**dict(zip(tensor_names, tensors)), **dict(others))
