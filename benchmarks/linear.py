@@ -54,8 +54,9 @@ def naive_nvfp4_fn():
             dw = fq(dyt, rounding="stochastic") @ fq(xt).t()
             return dx, dw
 
-    # dynamic=True: one compilation serves all shapes (compile time is reported, not timed)
-    return torch.compile(lambda x, w: Naive.apply(x, w), dynamic=True)
+    # one compilation per shape (static shapes: torch.rand inside the SR quantizer does not trace
+    # with symbolic sizes); compile time is reported, not timed
+    return torch.compile(lambda x, w: Naive.apply(x, w), dynamic=False)
 
 
 _NAIVE = []

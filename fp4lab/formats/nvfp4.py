@@ -50,7 +50,7 @@ class NVFP4Tensor:
         if self.scale_order == "te":
             return amax * const(1.0 / 2688.0, amax)
         if self.scale_order == "compressed-tensors":
-            return 1.0 / _ct_global_scale(amax)
+            return 1.0 / ct_global_scale(amax)
         return amax / const(2688.0, amax)
 
     def block_decode_scales(self) -> torch.Tensor:
@@ -60,7 +60,7 @@ class NVFP4Tensor:
         if self.scale_order == "te":
             return (s * amax) * const(1.0 / 2688.0, amax)
         if self.scale_order == "compressed-tensors":
-            return s / _ct_global_scale(amax)
+            return s / ct_global_scale(amax)
         return (amax / const(2688.0, amax)) * s
 
     def dequantize(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
@@ -84,7 +84,7 @@ def _crop(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return x[tuple(slice(0, n) for n in shape)]
 
 
-def _ct_global_scale(amax: torch.Tensor) -> torch.Tensor:
+def ct_global_scale(amax: torch.Tensor) -> torch.Tensor:
     """compressed-tensors' encode factor 2688/amax, computed as it is (reciprocal first, tiny clamp)."""
     tiny = torch.finfo(torch.float32).tiny
     g = torch.reciprocal(amax.clamp(min=tiny)) * 2688.0
@@ -123,7 +123,7 @@ def _scales_and_factors(amax: torch.Tensor, block_amax: torch.Tensor, order: str
         enc = torch.reciprocal(g) / scales.float()
         return scales, enc, None
     if order == "compressed-tensors":
-        gs = _ct_global_scale(amax)
+        gs = ct_global_scale(amax)
         scales = to_e4m3(gs * (block_amax / const(6.0, amax)))
         # compressed-tensors divides: y = x / fp32(s / G)
         return scales, None, scales.float() / gs

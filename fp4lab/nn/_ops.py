@@ -175,7 +175,26 @@ def fake_quantize(
     return _fake_quantize(t, q, columnwise, generator, dtype)
 
 
+def _compiled_reference(fmt: str, kw: tuple):
+    """torch.compile'd fp4lab.formats fake-quantize for the formats without a Triton kernel (FP8, and
+    MXFP4 without SR) on CUDA: the eager reference launches a dozen kernels per operand."""
+    key = (fmt, kw)
+    if key not in _COMPILED:
+        opts = dict(kw)
+        _COMPILED[key] = torch.compile(
+            lambda t, dtype: formats.fake_quantize(t, fmt, nonfinite="propagate", **opts).to(dtype)
+        )
+    return _COMPILED[key]
+
+
+_COMPILED: dict = {}
+
+
 def _fake_quantize(t, q, columnwise, generator, dtype):
+    if t.is_cuda and q.fmt.startswith("fp8") and not torch.compiler.is_compiling():
+        kw = (("granularity", "block128" if q.block128 else "tensor"), ("block_2d", q.block_2d))
+        src = t.t() if columnwise else t  # fp8 has no RHT; the reduction dim of Wgrad is tokens
+        return _compiled_reference(q.fmt, kw)(src.contiguous(), dtype)
     k = _kernels()
     if k is not None and q.fmt == "nvfp4":
         return k.fake_quantize_nvfp4(
