@@ -1,0 +1,576 @@
+"""W4A16 NVFP4 matmul for GPUs without FP4 tensor cores (Hopper): y = x @ dequant(W)^T (+ bias).
+
+x is BF16 [M, K]; W is fp4lab's packed NVFP4 (codes uint8 [N, K/2], element 2j in the low nibble;
+E4M3 scales [N, K/16]; fp32 decode factor g), converted once by `to_kernel_layout` to column-major
+int32 words [K/8, N] and scale bytes [K/16, N] so that every load coalesces along N.
+Numerics: e2m1 * e4m3 is exact in BF16/FP32, products are accumulated in fp32 and g is applied once
+in the fp32 epilogue; the output is rounded to BF16 once. So the kernels equal
+`x.double() @ dequant(W).double().T` to 1 BF16 ulp plus fp32 summation error.
+
+Four ways to compute it, picked per (M bucket, N, K) by timing them once on the first call
+(kernels.md §7), the choice cached in memory (and in FP4LAB_W4A16_CACHE, a JSON file, if set):
+* "gemv": CUDA-core FMAs for M = 1, each thread owning columns (K summed in registers, no shuffles),
+          split-K so that all SMs stream weights;
+* "dot":  BF16 tensor-core tl.dot of 8 weight slabs (nibble j of every word) dequantized in registers,
+          optional split-K;
+* "dot1": the same tile as one [BK, BN] operand (slabs joined; x gathered in the matching K order);
+* "cublas": dequantize W once to BF16 and call F.linear (cuBLAS), the large-M fallback.
+Split-K programs add fp32 partials into a workspace; the last program of a tile (an atomic counter)
+reads and zeroes the workspace and writes y, so one launch does everything and the workspace is left
+clean (CUDA-graph replay safe, no host sync).
+
+Dequantization (kernels.md §7.1) never uses a float8 cast (the interpreter's are wrong,
+triton-interpreter.md) and handles two nibbles per integer op: nibbles j and j+4 of a word go to the
+two halves of one int32 as FP16 bit patterns (e2m1 * 2^-14; the subnormal code 1 becomes the FP16
+subnormal 2^-15, which cvt.f32.f16 converts exactly) for the GEMV, or as BF16 bit patterns times
+the block scale with one mul.rn.bf16x2 for the tensor-core paths (see _pair_bf16). E4M3 scales are
+decoded through FP16 bits too (bits << 7 is scale * 2^-8). The powers of two are folded into g.
+On the GPU the conversions are inline PTX; under TRITON_INTERPRET=1 the same numbers come from
+int16/fp16 casts, so the interpreter checks the bit placement and the GPU tests check the PTX.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _nibble_to_f32(t):
+    """Low nibble of each int32 -> e2m1 * 2^-14 as fp32 (FP16 bit placement; code 1 is the FP16
+    subnormal 2^-15, which the FP16 -> FP32 conversion keeps exactly)."""
+    h = ((t & 0x8) << 12) | ((t & 0x7) << 9)
+    return h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _e4m3_to_f32(b):
+    """E4M3 bytes -> value times 2^-8, as fp32; 0x7F/0xFF (NaN) stay NaN so bad scales propagate."""
+    b = b.to(tl.int16)
+    h = ((b & 0x80) << 8) | ((b & 0x7F) << 7)
+    s = h.to(tl.float16, bitcast=True).to(tl.float32)
+    return tl.where((b & 0x7F) == 0x7F, float("nan"), s)
+
+
+@triton.jit
+def _pair_f32(w, J: tl.constexpr, ASM: tl.constexpr):
+    """Nibbles J and J + 4 of each word as fp32 e2m1 * 2^-14. Both are placed as FP16 bit patterns in
+    the two halves of one int32 (2 integer ops per pair); the GPU converts each half with one
+    cvt.f32.f16 (inline PTX), the interpreter through int16 casts."""
+    if J < 3:
+        h = ((w << (12 - 4 * J)) & -2147450880) | ((w << (9 - 4 * J)) & 0x0E000E00)  # 0x80008000
+    else:
+        h = (w & -2147450880) | ((w >> 3) & 0x0E000E00)
+    if ASM:
+        lo, hi = tl.inline_asm_elementwise(
+            asm="{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }",
+            constraints="=r,=r,r", args=[h], dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+    else:
+        lo = h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        hi = (h >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return lo, hi
+
+
+@triton.jit
+def _pair_bf16(w, sf, J: tl.constexpr, ASM: tl.constexpr, BF16X2: tl.constexpr):
+    """Nibbles J and J + 4 of each word times their block scale, as BF16 e2m1 * scale * 2^-16 (exact:
+    <= 6 significant bits, no subnormals). GPU: the nibbles are placed as BF16 bit patterns
+    (e2m1 * 2^-126; code 1 is the BF16 subnormal 2^-127) and one mul.rn.bf16x2 by scale * 2^110 gives
+    both values (as triton_kernels' Hopper MXFP4 path multiplies by 2^126); the interpreter computes
+    the same numbers in fp32 (and so does the GPU with BF16X2 off: FP4LAB_W4A16_SAFE_DEQUANT=1, in case
+    a GPU flushed the BF16 subnormal). sf is the scale times 2^-8 (_e4m3_to_f32)."""
+    if ASM and BF16X2:
+        if J == 0:
+            h = ((w << 12) & -2147450880) | ((w << 6) & 0x01C001C0)  # sign -> bit 15, magnitude -> bits 6..8
+        elif J == 1:
+            h = ((w << 8) & -2147450880) | ((w << 2) & 0x01C001C0)
+        elif J == 2:
+            h = ((w << 4) & -2147450880) | ((w >> 2) & 0x01C001C0)
+        else:
+            h = (w & -2147450880) | ((w >> 6) & 0x01C001C0)
+        s16 = (sf * 2.0 ** 118).to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        lo, hi = tl.inline_asm_elementwise(
+            asm="{ .reg .b32 t; mul.rn.bf16x2 t, $2, $3; mov.b32 {$0, $1}, t; }",
+            constraints="=h,=h,r,r", args=[h, s16 | (s16 << 16)], dtype=(tl.bfloat16, tl.bfloat16),
+            is_pure=True, pack=1)
+    else:
+        lo, hi = _pair_f32(w, J, ASM)
+        f = sf * 64.0  # 2^-14 * 2^-8 * 2^6 = 2^-16
+        lo = (lo * f).to(tl.bfloat16)
+        hi = (hi * f).to(tl.bfloat16)
+    return lo, hi
+
+
+@triton.jit
+def _epilogue(acc, g, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_ym, tile_id,
+              split_k, HAS_BIAS: tl.constexpr):
+    """Scale by g, add bias, store BF16; with split-K, reduce through the self-cleaning workspace."""
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+    if split_k == 1:
+        out = acc * g
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptrs, out.to(tl.bfloat16), mask=mask)
+    else:
+        ws_off = offs_m[:, None] * N + offs_n[None, :]
+        tl.atomic_add(ws_ptr + ws_off, acc, mask=mask, sem="relaxed")
+        tl.debug_barrier()  # every thread's partial is in L2 before the counter is released
+        count = tl.atomic_add(cnt_ptr + tile_id, 1, sem="acq_rel")
+        if count == split_k - 1:
+            # read-and-zero at L2 in one atomic; int32 view because the interpreter has no fp32 xchg
+            bits = tl.atomic_xchg(wsi_ptr + ws_off, tl.zeros_like(acc).to(tl.int32), mask=mask)
+            out = bits.to(tl.float32, bitcast=True) * g
+            if HAS_BIAS:
+                out += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptrs, out.to(tl.bfloat16), mask=mask)
+            tl.atomic_xchg(cnt_ptr + tile_id, 0)
+
+
+@triton.jit
+def _gemv_block(w, x_ptrs, mask, ASM: tl.constexpr):
+    """sum_j x[8r + j] * e2m1(nibble j of word r) * 2^-14, per word."""
+    part = tl.zeros(w.shape, dtype=tl.float32)
+    for j in tl.static_range(4):
+        lo, hi = _pair_f32(w, j, ASM)
+        if mask is None:
+            xl = tl.load(x_ptrs + j, eviction_policy="evict_last")
+            xh = tl.load(x_ptrs + j + 4, eviction_policy="evict_last")
+        else:
+            xl = tl.load(x_ptrs + j, mask=mask, other=0.0, eviction_policy="evict_last")
+            xh = tl.load(x_ptrs + j + 4, mask=mask, other=0.0, eviction_policy="evict_last")
+        part += xl.to(tl.float32)[:, None] * lo
+        part += xh.to(tl.float32)[:, None] * hi
+    return part
+
+
+@triton.jit
+def _w4a16_gemv_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr,
+                       M, N, K, stride_xm, stride_ym, split_k,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr,
+                       EVEN: tl.constexpr):
+    """CUDA-core path for one row of x (M = 1): each thread owns columns, so words load coalesced along N
+    and the K sum stays in registers until the end; x[k] is a broadcast (GemLite's GEMV layout).
+    The two words of a 16-block are loaded as separate tiles so that each scale is decoded once."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_b = tl.arange(0, BLOCK_K // 16)
+    n_mask = offs_n < N
+    KB = K // 16
+    k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), split_k) * BLOCK_K
+    k_start = pid_k * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    acc = tl.zeros((BLOCK_K // 16, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        b = k0 // 16 + offs_b  # 16-blocks; block b is words 2b and 2b + 1
+        w_ptrs = w_ptr + (2 * b)[:, None] * N + offs_n[None, :]
+        s_ptrs = s_ptr + b[:, None] * N + offs_n[None, :]
+        if EVEN:  # K % BLOCK_K == 0 and N % BLOCK_N == 0: no masks, no selects
+            w0 = tl.load(w_ptrs, eviction_policy="evict_first")
+            w1 = tl.load(w_ptrs + N, eviction_policy="evict_first")
+            sb = tl.load(s_ptrs, eviction_policy="evict_first")
+            part = (_gemv_block(w0, x_ptr + 16 * b, None, ASM)
+                    + _gemv_block(w1, x_ptr + 16 * b + 8, None, ASM))
+        else:
+            b_mask = b < KB
+            mask = b_mask[:, None] & n_mask[None, :]
+            w0 = tl.load(w_ptrs, mask=mask, other=0, eviction_policy="evict_first")
+            w1 = tl.load(w_ptrs + N, mask=mask, other=0, eviction_policy="evict_first")
+            sb = tl.load(s_ptrs, mask=mask, other=0, eviction_policy="evict_first")
+            part = (_gemv_block(w0, x_ptr + 16 * b, b_mask, ASM)
+                    + _gemv_block(w1, x_ptr + 16 * b + 8, b_mask, ASM))
+        sf = _e4m3_to_f32(sb)
+        acc += part * sf
+    g = tl.load(g_ptr) * 4194304.0  # 2^22 = 2^14 (e2m1 via FP16) * 2^8 (e4m3 via FP16)
+    offs_m = tl.arange(0, 1)
+    _epilogue(tl.sum(acc, axis=0)[None, :], g, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, offs_m, offs_n, M, N,
+              stride_ym, pid_n, split_k, HAS_BIAS)
+
+
+@triton.jit
+def _w4a16_dot_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr,
+                      M, N, K, stride_xm, stride_ym, split_k,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr,
+                      ONE_DOT: tl.constexpr, ASM: tl.constexpr, BF16X2: tl.constexpr, EVEN: tl.constexpr):
+    """Tensor-core path: the [BK/8, BN] word tile gives 8 weight slabs (nibble j = k mod 8), each
+    dequantized to BF16 exactly and multiplied with the matching stride-8 columns of x."""
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    group = GROUP_M * num_n  # grouped order: GROUP_M row-tiles share each weight tile while it is in L2
+    first_m = (pid // group) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group) % size_m
+    pid_n = (pid % group) // size_m
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, BLOCK_K // 8)
+    n_mask = offs_n < N
+    m_mask = offs_m < M
+    KW = K // 8
+    k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), split_k) * BLOCK_K
+    k_start = pid_k * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        r = k0 // 8 + offs_r
+        w_ptrs = w_ptr + r[:, None] * N + offs_n[None, :]
+        s_ptrs = s_ptr + (r // 2)[:, None] * N + offs_n[None, :]
+        if EVEN:  # K % BLOCK_K == 0 and N % BLOCK_N == 0: only rows of x are masked
+            x_mask = m_mask[:, None]
+            w = tl.load(w_ptrs, eviction_policy="evict_first")
+            sb = tl.load(s_ptrs)
+        else:
+            w_mask = (r < KW)[:, None] & n_mask[None, :]
+            x_mask = m_mask[:, None] & (r < KW)[None, :]
+            w = tl.load(w_ptrs, mask=w_mask, other=0, eviction_policy="evict_first")
+            sb = tl.load(s_ptrs, mask=w_mask, other=0)
+        sf = _e4m3_to_f32(sb)
+        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + 8 * r[None, :]
+        if ONE_DOT:
+            # one [BK, BN] tile: nested joins stack the 8 slabs as [R, BN, 2, 2, 2], so after the
+            # permute row 8r + t holds k = 8r + bitrev3(t); x is gathered in the same order
+            v0, v4 = _pair_bf16(w, sf, 0, ASM, BF16X2)
+            v1, v5 = _pair_bf16(w, sf, 1, ASM, BF16X2)
+            v2, v6 = _pair_bf16(w, sf, 2, ASM, BF16X2)
+            v3, v7 = _pair_bf16(w, sf, 3, ASM, BF16X2)
+            v = tl.join(tl.join(tl.join(v0, v1), tl.join(v2, v3)), tl.join(tl.join(v4, v5), tl.join(v6, v7)))
+            v = tl.reshape(tl.permute(tl.reshape(v, (BLOCK_K // 8, BLOCK_N, 8)), (0, 2, 1)), (BLOCK_K, BLOCK_N))
+            t = tl.arange(0, BLOCK_K)
+            kx = k0 + (t // 8) * 8 + (t % 2) * 4 + ((t // 2) % 2) * 2 + (t // 4) % 2
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + kx[None, :],
+                        mask=m_mask[:, None] if EVEN else m_mask[:, None] & (kx < K)[None, :], other=0.0)
+            if DOT_FP32:  # the interpreter gets bf16 tl.dot wrong (triton-interpreter.md)
+                acc = tl.dot(x.to(tl.float32), v.to(tl.float32), acc)
+            else:
+                acc = tl.dot(x, v, acc)
+        else:
+            for j in tl.static_range(4):
+                lo, hi = _pair_bf16(w, sf, j, ASM, BF16X2)
+                xl = tl.load(x_ptrs + j, mask=x_mask, other=0.0)
+                xh = tl.load(x_ptrs + j + 4, mask=x_mask, other=0.0)
+                if DOT_FP32:
+                    acc = tl.dot(xl.to(tl.float32), lo.to(tl.float32), acc)
+                    acc = tl.dot(xh.to(tl.float32), hi.to(tl.float32), acc)
+                else:
+                    acc = tl.dot(xl, lo, acc)
+                    acc = tl.dot(xh, hi, acc)
+    g = tl.load(g_ptr) * 65536.0  # 2^16, see _pair_bf16
+    _epilogue(acc, g, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_ym,
+              pid_m * num_n + pid_n, split_k, HAS_BIAS)
+
+
+@triton.jit
+def _dequant_t_kernel(w_ptr, s_ptr, g_ptr, out_ptr, N, K,
+                      BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    """out[k, n] (W transposed) = e2m1 * fp32(scale * g), rounded once, as the reference dequantize()."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (r < K // 8)[:, None] & (offs_n < N)[None, :]
+    w = tl.load(w_ptr + r[:, None] * N + offs_n[None, :], mask=mask, other=0)
+    sb = tl.load(s_ptr + (r // 2)[:, None] * N + offs_n[None, :], mask=mask, other=0)
+    f = ((_e4m3_to_f32(sb) * 256.0) * tl.load(g_ptr)) * 16384.0  # fp32(scale * g); powers of 2 are exact
+    for j in tl.static_range(8):
+        v = _nibble_to_f32(w >> (4 * j)) * f
+        tl.store(out_ptr + (8 * r + j)[:, None] * N + offs_n[None, :], v.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# host side: checks, workspace, configs, the measured dispatcher
+
+
+@dataclass(frozen=True)
+class Config:
+    """One way to run the product. kind: "gemv" | "dot" (8 slab dots) | "dot1" (one dot per tile) | "cublas"."""
+
+    kind: str
+    block_m: int = 1
+    block_n: int = 256
+    block_k: int = 128
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 2
+    group_m: int = 8
+
+
+def to_kernel_layout(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standard packed NVFP4 (codes uint8 [N, Kp/2], scales E4M3 [N, Kp/16]) -> the kernels' layout:
+    words int32 [Kp/8, N] (word r of column n holds k = 8r..8r+7, nibble j = k - 8r, since the bytes
+    are little-endian) and scale bytes uint8 [Kp/16, N]; column-major so that loads coalesce along N."""
+    if codes.dtype != torch.uint8 or codes.ndim != 2 or codes.shape[1] % 8:
+        raise ValueError(f"to_kernel_layout: codes must be uint8 [N, Kp/2] with Kp a multiple of 16, "
+                         f"got {codes.dtype} {tuple(codes.shape)}")
+    n, k2 = codes.shape
+    if scales.dtype not in (torch.float8_e4m3fn, torch.uint8) or tuple(scales.shape) != (n, k2 // 8):
+        raise ValueError(f"to_kernel_layout: scales must be float8_e4m3fn [{n}, {k2 // 8}], "
+                         f"got {scales.dtype} {tuple(scales.shape)}")
+    words = codes.contiguous().view(torch.int32).t().contiguous()
+    return words, scales.contiguous().view(torch.uint8).t().contiguous()
+
+
+def from_kernel_layout(words: torch.Tensor, scales_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of to_kernel_layout: (codes uint8 [N, Kp/2], scales float8_e4m3fn [N, Kp/16])."""
+    codes = words.t().contiguous().view(torch.uint8)
+    return codes, scales_t.t().contiguous().view(torch.float8_e4m3fn)
+
+
+def _check(x, words, scales_t, g, bias):
+    if x.dtype != torch.bfloat16:
+        raise TypeError(f"w4a16: activations must be bfloat16, got {x.dtype}")
+    if words.dtype != torch.int32 or words.ndim != 2:
+        raise TypeError(f"w4a16: weight words must be int32 [Kp/8, N] (see to_kernel_layout), "
+                        f"got {words.dtype} {tuple(words.shape)}")
+    kw, n = words.shape
+    if kw % 2:
+        raise ValueError(f"w4a16: Kp = {8 * kw} is not a multiple of 16; pad the weight (quantize_nvfp4 does)")
+    if scales_t.dtype not in (torch.float8_e4m3fn, torch.uint8) or tuple(scales_t.shape) != (kw // 2, n):
+        raise TypeError(f"w4a16: scales must be E4M3 bytes [{kw // 2}, {n}] (see to_kernel_layout), "
+                        f"got {scales_t.dtype} {tuple(scales_t.shape)}")
+    if g.numel() != 1 or g.dtype != torch.float32:
+        raise TypeError(f"w4a16: the global decode scale must be one fp32 value, got {g.dtype} {tuple(g.shape)}")
+    if bias is not None and tuple(bias.shape) != (n,):
+        raise ValueError(f"w4a16: bias must have shape [{n}], got {tuple(bias.shape)}")
+    devs = {t.device for t in (x, words, scales_t, g) + ((bias,) if bias is not None else ())}
+    if len(devs) != 1:
+        raise ValueError(f"w4a16: all tensors must be on one device, got {sorted(map(str, devs))}")
+    if not words.is_contiguous() or not scales_t.is_contiguous():
+        raise ValueError("w4a16: weight words and scales must be contiguous")
+
+
+_WORKSPACES: dict = {}
+_RETIRED: list = []  # outgrown workspaces stay allocated: CUDA graphs captured earlier still point at them
+
+
+def _workspace(device, numel: int, tiles: int):
+    """fp32 partial sums and int32 tile counters, zero between calls (the kernels clean up after
+    themselves). One per device: calls on concurrent streams of one device must not use split-K."""
+    ws, cnt = _WORKSPACES.get(device, (None, None))
+    if ws is None or ws.numel() < numel or cnt.numel() < tiles:
+        if ws is not None:
+            _RETIRED.append((ws, cnt))
+        ws = torch.zeros(max(numel, 1 << 16, 0 if ws is None else ws.numel()), dtype=torch.float32, device=device)
+        cnt = torch.zeros(max(tiles, 1 << 12, 0 if cnt is None else cnt.numel()), dtype=torch.int32, device=device)
+        _WORKSPACES[device] = (ws, cnt)
+    return ws, cnt
+
+
+def dequantize_kernel_layout(words, scales_t, g, dtype=torch.bfloat16) -> torch.Tensor:
+    """Dense W^T [Kp, N] = e2m1 * fp32(scale * g), rounded once to dtype (Triton on CUDA, torch elsewhere)."""
+    kw, n = words.shape
+    if not words.is_cuda:
+        from fp4lab.formats.e2m1 import e2m1_to_float, unpack_e2m1
+        codes, scales = from_kernel_layout(words, scales_t)
+        f = scales.float() * g.float().reshape(())
+        v = e2m1_to_float(unpack_e2m1(codes)).unflatten(-1, (-1, 16)) * f.unsqueeze(-1)
+        return v.flatten(-2).to(dtype).t()
+    out = torch.empty(8 * kw, n, dtype=dtype, device=words.device)
+    br, bn = 16, 256
+    _dequant_t_kernel[(triton.cdiv(kw, br), triton.cdiv(n, bn))](
+        words, scales_t.view(torch.uint8), g, out, n, 8 * kw, BLOCK_R=br, BLOCK_N=bn)
+    return out
+
+
+def _launch(cfg: Config, x, words, scales_t, g, bias, y):
+    m, k = x.shape
+    n = words.shape[1]
+    if cfg.kind == "cublas":
+        wt = dequantize_kernel_layout(words, scales_t, g, torch.bfloat16)
+        return torch.nn.functional.linear(x, wt.t(), None if bias is None else bias.to(torch.bfloat16))
+    tiles_m = triton.cdiv(m, cfg.block_m)
+    tiles_n = triton.cdiv(n, cfg.block_n)
+    if cfg.split_k > 1:
+        ws, cnt = _workspace(x.device, m * n, tiles_m * tiles_n)
+    else:
+        ws, cnt = g, g.view(torch.int32)  # unused
+    b = bias if bias is not None else g
+    s = scales_t.view(torch.uint8)
+    if cfg.kind == "gemv":
+        if m != 1:
+            raise ValueError(f"w4a16: the gemv kernel takes one row of x, got M={m}")
+        _w4a16_gemv_kernel[(tiles_n, cfg.split_k)](
+            x, words, s, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
+            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None, ASM=not _interpreting(),
+            EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    elif cfg.kind in ("dot", "dot1"):
+        _w4a16_dot_kernel[(tiles_m * tiles_n, cfg.split_k)](
+            x, words, s, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+            HAS_BIAS=bias is not None, DOT_FP32=_interpreting(), ONE_DOT=cfg.kind == "dot1", ASM=not _interpreting(),
+            BF16X2=os.environ.get("FP4LAB_W4A16_SAFE_DEQUANT") != "1",
+            EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    else:
+        raise ValueError(f"w4a16: unknown config kind {cfg.kind!r}")
+    return y
+
+
+def _pow2(v: int) -> int:
+    return 1 << max(0, (v - 1).bit_length())
+
+
+def _split_for(tiles: int, k: int, block_k: int, sms: int, waves: int = 2) -> int:
+    """Smallest power-of-two split-K that gives `waves` programs per SM, keeping >= 1 K-step per split."""
+    split = 1
+    while tiles * split < waves * sms and k // (block_k * split * 2) >= 1:
+        split *= 2
+    return split
+
+
+def candidates(m: int, n: int, k: int, sms: int = 132) -> list[Config]:
+    """The configs timed for one (M, N, K); the first one is the untimed default (used under capture).
+    Every config here compiles for sm_90 without register spills (checked with nvdisasm)."""
+    out = []
+    if m == 1:
+        for bn, bk in ((256, 128), (512, 128), (512, 64), (128, 256)):
+            bk = min(bk, _pow2(k))
+            for waves in (2, 8):
+                out.append(Config("gemv", 1, bn, bk, _split_for(triton.cdiv(n, bn), k, bk, sms, waves), 4, 1))
+    if m <= 256:
+        bm = min(max(_pow2(m), 16), 64)
+        for kind, bn, warps in (("dot", 64, 4), ("dot", 128, 4), ("dot1", 128, 4), ("dot1", 256, 8)):
+            for waves in (1, 4):
+                split = _split_for(triton.cdiv(m, bm) * triton.cdiv(n, bn), k, 128, sms, waves)
+                out.append(Config(kind, bm, bn, 128, split, warps, 3))
+    if m > 64:
+        for kind, bm, bn in (("dot", 128, 128), ("dot1", 128, 128), ("dot", 128, 256)):
+            if bm <= _pow2(m):
+                out.append(Config(kind, bm, bn, 128, 1, 8, 3))
+    out.append(Config("cublas"))
+    return list(dict.fromkeys(out))
+
+
+_CHOICES: dict = {}
+_CACHE_LOADED: set = set()
+
+
+def _key(m, n, k, device, has_bias):
+    return (m if m <= 16 else _pow2(m), n, k, str(device), has_bias)
+
+
+def _cache_path(device) -> str | None:
+    """FP4LAB_W4A16_CACHE=file.json keeps the dispatcher's choices across processes (per GPU name)."""
+    path = os.environ.get("FP4LAB_W4A16_CACHE")
+    if not path:
+        return None
+    if path not in _CACHE_LOADED:
+        _CACHE_LOADED.add(path)
+        if os.path.exists(path):
+            gpu = torch.cuda.get_device_name(device)
+            with open(path) as f:
+                for row in json.load(f):
+                    if row["gpu"] == gpu:
+                        _CHOICES[tuple(row["key"])] = Config(**row["config"])
+    return path
+
+
+def _cache_save(path, device) -> None:
+    gpu = torch.cuda.get_device_name(device)
+    rows = [dict(gpu=gpu, key=list(key), config=asdict(cfg)) for key, cfg in _CHOICES.items()]
+    with open(path, "w") as f:
+        json.dump(rows, f)
+
+
+def _time(cfg, args, flush, reps=5):
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    _launch(cfg, *args)  # compile + warm up
+    for i in range(reps):
+        flush.zero_()  # cold L2, as in a decode step
+        starts[i].record()
+        _launch(cfg, *args)
+        ends[i].record()
+    torch.cuda.synchronize()
+    return sorted(s.elapsed_time(e) for s, e in zip(starts, ends))[reps // 2]
+
+
+def choose_config(x, words, scales_t, g, bias, y) -> Config:
+    """Measured dispatch: time every candidate once per (M bucket, N, K) and keep the fastest.
+
+    Tuning syncs the host, so it never happens during CUDA-graph capture (the untimed default is
+    used then); warm up each shape once before capturing. FP4LAB_W4A16_KIND=gemv|dot|cublas
+    restricts the candidates; FP4LAB_W4A16_DEBUG=1 prints the timings.
+    """
+    m, k = x.shape
+    n = words.shape[1]
+    key = _key(m, n, k, x.device, bias is not None)
+    cache = _cache_path(x.device)
+    if key in _CHOICES:
+        return _CHOICES[key]
+    cands = candidates(m, n, k, torch.cuda.get_device_properties(x.device).multi_processor_count)
+    forced = os.environ.get("FP4LAB_W4A16_KIND")
+    if forced:
+        cands = [c for c in cands if c.kind == forced] or cands
+    if torch.cuda.is_current_stream_capturing():
+        # no timing inside a capture; no split-K either, whose workspace might have to be allocated now
+        return dataclasses.replace(cands[0], split_k=1)
+    flush = torch.empty(64 * 2**20, dtype=torch.int32, device=x.device)  # 256 MB > any L2
+    times = {}
+    for cfg in cands:
+        try:
+            times[cfg] = _time(cfg, (x, words, scales_t, g, bias, y), flush)
+        except Exception as e:  # a config that does not compile or fit (shared memory) is skipped
+            if os.environ.get("FP4LAB_W4A16_DEBUG"):
+                print(f"w4a16: config {cfg} failed: {type(e).__name__}: {str(e)[:200]}")
+    best = min(times, key=times.get)
+    if os.environ.get("FP4LAB_W4A16_DEBUG"):
+        print(f"w4a16 tune M={m} N={n} K={k}: " + ", ".join(
+            f"{c.kind}/{c.block_m}x{c.block_n}x{c.block_k}/s{c.split_k}/w{c.num_warps}/st{c.num_stages}:"
+            f"{t * 1e3:.1f}us" for c, t in sorted(times.items(), key=lambda kv: kv[1])[:5]))
+    _CHOICES[key] = best
+    if cache:
+        _cache_save(cache, x.device)
+    return best
+
+
+def _interpreter_config(m: int) -> Config:
+    """Small tiles for the CPU interpreter; split-K 2 so that the workspace path is tested too."""
+    if m == 1:
+        return Config("gemv", 1, 16, 32, 2)
+    return Config("dot", 16, 16, 128, 2)
+
+
+def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_t: torch.Tensor, g: torch.Tensor,
+                 bias: torch.Tensor | None = None, config: Config | None = None) -> torch.Tensor:
+    """y[M, N] = x[M, Kp] @ W^T (+ bias), BF16 out, fp32 accumulation; W in the kernel layout
+    (to_kernel_layout). `config` forces one way of computing it (tests, benchmarks); by default the
+    measured dispatcher picks. Off-GPU without the interpreter: dequantize + matmul (the reference)."""
+    _check(x, words, scales_t, g, bias)
+    m, k = x.shape
+    kw, n = words.shape
+    if k != 8 * kw:
+        raise ValueError(f"w4a16: x has K={k} but the weight has Kp={8 * kw}")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if m == 0:
+        return torch.empty(0, n, dtype=torch.bfloat16, device=x.device)
+    if not x.is_cuda and not _interpreting():
+        out = x.float() @ dequantize_kernel_layout(words, scales_t, g, torch.float32)
+        return (out if bias is None else out + bias.float()).to(torch.bfloat16)
+    y = torch.empty(m, n, dtype=torch.bfloat16, device=x.device)
+    if config is None:
+        config = choose_config(x, words, scales_t, g, bias, y) if x.is_cuda else _interpreter_config(m)
+    return _launch(config, x, words, scales_t, g, bias, y)
+
+
+def w4a16_linear(x: torch.Tensor, words: torch.Tensor, scales_t: torch.Tensor, g: torch.Tensor,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear semantics for any leading dims: x [..., K] (K may be unpadded) -> [..., N] BF16."""
+    kw, n = words.shape
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+    if x2.shape[1] != 8 * kw:
+        x2 = torch.nn.functional.pad(x2, (0, 8 * kw - x2.shape[1]))
+    return w4a16_matmul(x2, words, scales_t, g, bias).reshape(*lead, n)
