@@ -1,0 +1,68 @@
+"""Recipes on a model: convert at the start, switch precision at a fraction of training.
+
+The plain "bf16" recipe leaves the HF model untouched (BF16 autocast on GPU, FP32 on CPU), which
+is the honest baseline; every other recipe goes through ``fp4lab.nn.convert``.
+"""
+from __future__ import annotations
+
+import torch
+
+BASELINE = "bf16"
+
+
+def _recipes():
+    try:
+        from fp4lab.nn import convert, set_recipe
+        from fp4lab.recipes import get_recipe
+    except ImportError as err:
+        raise RuntimeError(f"quantized recipes need fp4lab.recipes and fp4lab.nn ({err})") from None
+    return get_recipe, convert, set_recipe
+
+
+def recipe_name(spec: str) -> str:
+    """The canonical name of a recipe spec (as the recipe parser prints it)."""
+    if spec == BASELINE:
+        return spec
+    get_recipe, _, _ = _recipes()
+    return get_recipe(spec).spec()
+
+
+def apply_recipe(model, spec: str):
+    if spec == BASELINE:
+        return model
+    get_recipe, convert, _ = _recipes()
+    return convert(model, get_recipe(spec))
+
+
+def is_converted(model) -> bool:
+    return any(type(m).__name__ == "QuantLinear" for m in model.modules())
+
+
+def switch_recipe(model, spec: str, forward_only: bool):
+    """Change precision in place, keeping the same parameter objects (the optimizer holds them)."""
+    get_recipe, convert, set_recipe = _recipes()
+    recipe = get_recipe(spec)
+    if is_converted(model):
+        set_recipe(model, recipe, forward_only=forward_only)
+        return model
+    before = [id(p) for p in model.parameters()]
+    convert(model, recipe)
+    if forward_only:
+        set_recipe(model, recipe, forward_only=True)
+    if [id(p) for p in model.parameters()] != before:
+        raise RuntimeError("switching recipe replaced the model's parameters; the optimizer would lose them")
+    return model
+
+
+def generator_states(model) -> dict:
+    """CPU generator states of the layers that own one (stochastic rounding draws from them)."""
+    return {name: m.generator.get_state() for name, m in model.named_modules()
+            if isinstance(getattr(m, "generator", None), torch.Generator)}
+
+
+def set_generator_states(model, states: dict) -> None:
+    mods = dict(model.named_modules())
+    for name, state in states.items():
+        if name not in mods or not isinstance(getattr(mods[name], "generator", None), torch.Generator):
+            raise ValueError(f"checkpoint has a random-generator state for layer {name!r}, which this model lacks")
+        mods[name].generator.set_state(state)

@@ -1,0 +1,89 @@
+"""`fp4lab compare` end to end on the tiny preset, resuming, and the report's numbers."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fp4lab.experiments.compare import parse_recipes, run_dir_name
+from fp4lab.experiments.report import summarize_recipes, verdict
+from fp4lab.experiments.runs import Run
+
+
+def test_parse_recipes_keeps_options_with_their_recipe():
+    assert parse_recipes("bf16,fp8,nvfp4:rht=false,bf16_layers=last:4,mxfp4") == [
+        "bf16", "fp8", "nvfp4:rht=false,bf16_layers=last:4", "mxfp4"]
+    assert run_dir_name("nvfp4:rht=false,bf16_layers=last:4") == "nvfp4_rht=false_bf16_layers=last_4"
+    with pytest.raises(ValueError, match="twice"):
+        parse_recipes("bf16,bf16")
+
+
+def _cli(*args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "fp4lab", *map(str, args)], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=400)
+
+
+def test_compare_tiny_end_to_end(tmp_path):
+    pytest.importorskip("fp4lab.nn")
+    out = tmp_path / "runs" / "smoke"
+    args = ["compare", "--preset", "tiny", "--recipes", "bf16,nvfp4", "--seeds", 1,
+            "--tokens", 256, "--batch-size", 2, "--seq-len", 32, "--eval-every", 2,
+            "--eval-batches", 1, "--out", out]
+    proc = _cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for recipe in ("bf16", "nvfp4"):
+        for seed in (0,):
+            run = out / recipe / f"seed{seed}"
+            assert (run / "metrics.jsonl").is_file() and (run / "final.json").is_file()
+            assert (run / "model" / "config.json").is_file()  # a standard HF checkpoint
+    # same initial weights and data for both recipes of a seed: step-1 losses are close, not equal
+    first = {r: json.loads((out / r / "seed0" / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+             for r in ("bf16", "nvfp4")}
+    assert first["bf16"] == pytest.approx(first["nvfp4"], rel=0.05)
+    md = (out / "report.md").read_text()
+    assert "| recipe | seeds | final val loss" in md and "| nvfp4 | 1 |" in md
+    assert "**Verdict:** nvfp4 " in md
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "<table>" in page
+    for name in ("loss.png", "gap.png", "grad_norm.png"):
+        assert (out / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+
+    # rerunning resumes: nothing is trained again
+    again = _cli(*args, cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 2
+    # a different plan in the same directory is refused
+    other = _cli(*[a if a != 1 else 2 for a in args], cwd=tmp_path)
+    assert other.returncode == 2 and "different settings" in other.stderr
+
+
+def _run(recipe, seed, vals, tps, events=0):
+    val = [dict(step=i + 1, tokens=(i + 1) * 100, val_loss=v) for i, v in enumerate(vals)]
+    train = [dict(step=i + 1, tokens=(i + 1) * 100, loss=v, grad_norm=1.0) for i, v in enumerate(vals)]
+    final = dict(tokens_per_s=tps, peak_mem_bytes=2**20, device_name="testcpu")
+    return Run(recipe, seed, train=train, val=val, events=[{}] * events, final=final)
+
+
+def test_table_and_verdict_are_computed_from_the_numbers():
+    runs = {"bf16": [_run("bf16", 0, [3.0, 2.0], 1000), _run("bf16", 1, [3.0, 2.0], 1000)],
+            "nvfp4": [_run("nvfp4", 0, [3.1, 2.1], 500, events=1), _run("nvfp4", 1, [3.1, 2.06], 500)],
+            "fp8": [_run("fp8", 0, [3.0, 2.01], 800), _run("fp8", 1, [3.0, 2.01], 800)]}
+    rows = {r["recipe"]: r for r in summarize_recipes(runs, "bf16")}
+    assert rows["nvfp4"]["gap_pct"] == pytest.approx(4.0)
+    assert rows["nvfp4"]["overhead_pct"] == pytest.approx(100.0)
+    assert rows["nvfp4"]["events"] == 1
+    assert rows["fp8"]["gap_pct"] == pytest.approx(0.5)
+    text = verdict(list(rows.values()), "bf16", "testcpu")
+    assert "nvfp4 is worse than bf16" in text and "+4.00%" in text and "0.50x bf16's tokens/s" in text
+    assert "fp8 matches bf16" in text and "0.80x" in text
+
+
+def test_gap_plot_band_across_seeds():
+    from fp4lab.experiments.plots import gap_plot, gap_series
+
+    runs = {"bf16": [_run("bf16", 0, [3.0, 2.0], 1), _run("bf16", 1, [3.0, 2.0], 1)],
+            "nvfp4": [_run("nvfp4", 0, [3.3, 2.2], 1), _run("nvfp4", 1, [3.0, 2.1], 1)]}
+    tokens, gaps = gap_series(runs["bf16"], runs["nvfp4"])
+    assert tokens.tolist() == [100, 200] and gaps.round(6).tolist() == [[10.0, 10.0], [0.0, 5.0]]
+    assert gap_plot(runs, "bf16")[:4] == b"\x89PNG"
