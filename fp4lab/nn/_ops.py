@@ -181,8 +181,10 @@ def _compiled_reference(fmt: str, kw: tuple):
     key = (fmt, kw)
     if key not in _COMPILED:
         opts = dict(kw)
+        # dynamic: one graph for every layer shape (a model's many shapes would hit the recompile limit)
         _COMPILED[key] = torch.compile(
-            lambda t, dtype: formats.fake_quantize(t, fmt, nonfinite="propagate", **opts).to(dtype)
+            lambda t, dtype: formats.fake_quantize(t, fmt, nonfinite="propagate", **opts).to(dtype),
+            dynamic=True,
         )
     return _COMPILED[key]
 
