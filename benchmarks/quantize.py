@@ -6,6 +6,7 @@ times as the algorithm needs (2 with a global amax pass, 1 with a given amax or 
 output written once. Usage (on a CUDA machine):
 
     PYTHONPATH=. python3 benchmarks/quantize.py [--out benchmarks/results/quantize-<gpu>-<date>.json]
+    PYTHONPATH=. python3 benchmarks/quantize.py --quick [--tiles] --out ...   # main cases only, < 1 min
 """
 from __future__ import annotations
 
@@ -61,6 +62,10 @@ def cases(M, K):
     out += [
         ("quantize rowwise, amax given", lambda x: K4.quantize_nvfp4(x, global_amax=_AMAX[0]), 2 * n + packed),
         ("fake rowwise, amax given", lambda x: K4.fake_quantize_nvfp4(x, global_amax=_AMAX[0]), 2 * n + 2 * n),
+        ("quantize columnwise, amax given", lambda x: K4.quantize_nvfp4(x, columnwise=True, global_amax=_AMAX[0]),
+         2 * n + packed),
+        ("fake columnwise, amax given",
+         lambda x: K4.fake_quantize_nvfp4(x, columnwise=True, global_amax=_AMAX[0]), 2 * n + 2 * n),
         ("amax", lambda x: K4.amax(x), 2 * n),
         ("dequantize", None, packed + 2 * n),
     ]
@@ -73,6 +78,42 @@ BASELINE_SHAPES = {
     "fp4lab.formats fake-quantize (compiled)": [(8192, 4096), (8192, 8192)],
     "fp4lab.formats rht+columnwise fake-quantize (compiled)": [(8192, 4096)],
 }
+
+
+QUICK_SHAPES = [(8192, 4096), (8192, 8192)]
+QUICK_CASES = ("quantize rowwise", "quantize columnwise", "quantize rht+columnwise", "quantize 2d",
+               "fake rowwise", "fake columnwise", "fake rht+columnwise", "fake 2d",
+               "quantize rowwise, amax given", "fake rowwise, amax given", "quantize columnwise, amax given",
+               "fake columnwise, amax given", "amax")
+# columnwise (tile, num_warps, vec_r) candidates timed by --tiles on 8192x4096 with the amax given, so
+# one run shows whether the defaults are the best of their neighbours
+# (the default (512, 16) w4 v4 is timed by the main rows "... columnwise, amax given")
+QUICK_COLUMNWISE_TILES = [((1024, 16), 8, 4), ((256, 16), 2, 4), ((1024, 16), 4, 8), ((64, 64), 4, 0)]
+QUICK_RHT_TILES = [((64, 64), 4, 0), ((128, 32), 4, 4), ((512, 16), 4, 4)]
+
+
+def quick_columnwise_sweep(rows, copy_gbps):
+    from fp4lab.kernels.nvfp4 import nvfp4_triton
+
+    M, K = 8192, 4096
+    n = M * K
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    a = torch.tensor(5.0, device="cuda")
+    for rht, fake in ((False, False), (False, True), (True, True)):
+        nbytes = 2 * n + (2 * n if fake else n // 2 + n // 16)
+        for tile, warps, vec in QUICK_RHT_TILES if rht else QUICK_COLUMNWISE_TILES:
+            name = (f"{'fake' if fake else 'quantize'} {'rht+' if rht else ''}columnwise, amax given, "
+                    f"tile {tile[0]}x{tile[1]} w{warps} v{vec}")
+            try:
+                us = bench(lambda: nvfp4_triton(x, global_amax=a, columnwise=True, rht=rht, fake=fake, tile=tile,
+                                                num_warps=warps, vec_r=vec), reps=100)
+            except Exception as err:  # noqa: BLE001 - a tile that fails to compile is reported, not fatal
+                print(f"{name}: failed {err!r}"[:300])
+                continue
+            gbps = nbytes / (us * 1e-6) / 1e9
+            rows.append(dict(shape=[M, K], case=name, us=round(us, 2), bytes=nbytes, gbps=round(gbps, 1),
+                             pct_copy=round(100 * gbps / copy_gbps, 1), sweep=True))
+            print(f"{M}x{K:<6} {name:60s} {us:9.2f} us {gbps:8.0f} GB/s {100 * gbps / copy_gbps:5.1f}% of copy")
 
 
 def baselines():
@@ -129,6 +170,10 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default=None, help="e.g. 8192x4096,4096x4096")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--sweep", action="store_true", help="time tile shapes / warps of the NVFP4 kernel and exit")
+    p.add_argument("--quick", action="store_true",
+                   help="8192x4096 and 8192x8192 only, no SR variants, no compiled baselines (under a minute)")
+    p.add_argument("--tiles", action="store_true",
+                   help="also time a few columnwise / RHT+columnwise tiles on 8192x4096 (about 25 s more)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/quantize.py needs a CUDA GPU", file=sys.stderr)
@@ -140,6 +185,10 @@ def main(argv=None) -> int:
     if args.sweep:
         return sweep()
     shapes = SHAPES if not args.shapes else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    if args.quick:
+        shapes = shapes if args.shapes else QUICK_SHAPES
+        args.no_baselines = True
+    reps = 100 if args.quick else 200
     dev = torch.cuda.get_device_name()
     copy_gbps = copy_bandwidth()
     print(f"{dev}: copy bandwidth {copy_gbps:.0f} GB/s (read+write)")
@@ -147,7 +196,8 @@ def main(argv=None) -> int:
         benchmark="quantize", device=dev, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
         copy_gbps=round(copy_gbps, 1), timing="triton.testing.do_bench median (L2 flushed between calls), bf16 inputs",
-        command="PYTHONPATH=. python3 benchmarks/quantize.py --out " + (args.out or "-"), rows=[],
+        command="PYTHONPATH=. python3 benchmarks/quantize.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        rows=[],
     )
     rows = result["rows"]
 
@@ -161,8 +211,10 @@ def main(argv=None) -> int:
         _AMAX[0] = K4.amax(x)
         q = K4.quantize_nvfp4(x)
         for name, fn, nbytes in cases(M, Kd):
+            if args.quick and name not in QUICK_CASES:
+                continue
             f = (lambda q=q: K4.dequantize_nvfp4(q)) if fn is None else (lambda fn=fn: fn(x))
-            us = bench(f)
+            us = bench(f, reps)
             gbps = nbytes / (us * 1e-6) / 1e9
             rows.append(dict(shape=[M, Kd], case=name, us=round(us, 2), bytes=nbytes, gbps=round(gbps, 1),
                              pct_copy=round(100 * gbps / copy_gbps, 1),
@@ -171,6 +223,9 @@ def main(argv=None) -> int:
         save()
         del x, q
         torch.cuda.empty_cache()
+    if args.tiles:
+        quick_columnwise_sweep(rows, copy_gbps)
+        save()
     # compiled baselines last (each compile takes tens of seconds), on the shapes of the targets
     base = {} if args.no_baselines else baselines()
     for name, fn in base.items():

@@ -150,6 +150,10 @@ def sass_report(ms) -> None:
             if cfg.kind == "gemv":
                 fn, const = w4a16._w4a16_gemv_kernel, dict(BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                                                            HAS_BIAS=False, ASM=True, EVEN=True)
+            elif cfg.kind in ("swap", "swap8"):
+                fn, const = w4a16._w4a16_swap_kernel, dict(
+                    BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=False,
+                    DOT_FP32=False, ONE_DOT=cfg.kind == "swap", ASM=True, BF16X2=True, EVEN=True)
             else:
                 fn, const = w4a16._w4a16_dot_kernel, dict(
                     BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,

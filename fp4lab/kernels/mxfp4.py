@@ -10,7 +10,9 @@ import triton
 import triton.language as tl
 
 from fp4lab import formats
-from fp4lab.kernels.numerics import e2m1_encode, e2m1_value, fdiv, load_tile, round_to_bf16, uniform_tile
+from fp4lab.kernels.numerics import (
+    e2m1_encode, e2m1_round, e2m1_value, fdiv, load_tile, round_to_bf16, uniform_tile,
+)
 from fp4lab.kernels.nvfp4 import ROUNDINGS, _logical_view, _reference_operand, _stochastic_seed, _tl_dtype, interpreting
 from fp4lab.formats._checks import check_input
 
@@ -64,7 +66,7 @@ def _mxfp4_fake_kernel(
         tc = pid % n_tiles_c
     r0 = tr * BR
     c0 = tc * BC
-    t = load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0, BR, BC, RHT, DOT_FP32)
+    t = load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0, BR, BC, RHT, DOT_FP32, 0)
     # integer max of the bits: NaN propagates into its block's scale (0xFF) as in the reference
     bits = tl.abs(t).to(tl.int32, bitcast=True)
     amax_bits = tl.max(tl.reshape(bits, [BR, BC // 32, 32]), axis=2)
@@ -80,8 +82,11 @@ def _mxfp4_fake_kernel(
         u = uniform_tile(seed, r0, c0, Cp, BR, BC)
     else:
         u = 0.0
-    q = e2m1_encode(tl.reshape(y3, [BR, BC]), u, STOCHASTIC)
-    v = tl.reshape(tl.reshape(e2m1_value(q), [BR, BC // 32, 32]) * decode[:, :, None], [BR, BC])
+    if STOCHASTIC:
+        e = e2m1_value(e2m1_encode(tl.reshape(y3, [BR, BC]), u, STOCHASTIC))
+    else:
+        e = e2m1_round(tl.reshape(y3, [BR, BC]))
+    v = tl.reshape(tl.reshape(e, [BR, BC // 32, 32]) * decode[:, :, None], [BR, BC])
     if INNER_DTYPE == tl.bfloat16:
         v = round_to_bf16(v)
     tl.store(out_ptr + rows[:, None].to(tl.int64) * C_out + cols[None, :], v.to(INNER_DTYPE),

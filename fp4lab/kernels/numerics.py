@@ -23,13 +23,34 @@ def fdiv(a, b):
 
 @triton.jit
 def e2m1_magnitude(a):
-    """E2M1 magnitude code 0..7 of |y| = a by round-to-nearest-even with saturation at 6 (NaN -> 0).
+    """E2M1 magnitude code 0..7 of |y| = a >= 0 by round-to-nearest-even with saturation at 6 (NaN -> 0).
 
-    The code counts the bin edges at or below a; '>' vs '>=' sends every tie to the even code.
+    Bit arithmetic instead of counting the 7 bin edges (same codes, about half the instructions; the
+    kernels are ALU-bound): from 1 up the grid keeps one mantissa bit, so RNE over the 22 dropped
+    bits gives code 2 * (exponent - 127) + 2 + mantissa bit, a carry moving to the next binade; below 1
+    the grid is k * 0.5, and adding 2^22 (whose ulp is 0.5) rounds a to it (RNE), leaving k in the
+    low mantissa bits.
     """
-    return ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
-            + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
-            + (a > 5.0).to(tl.int32))
+    a = tl.where(a > 6.0, 6.0, a)  # keeps NaN (a comparison with NaN is false)
+    bits = a.to(tl.int32, bitcast=True)
+    normal = ((bits + 0x1FFFFF + ((bits >> 22) & 1)) >> 22) - 252
+    sub = (a + 4194304.0).to(tl.int32, bitcast=True) - 0x4A800000
+    code = tl.where(a < 1.0, sub, normal)
+    return tl.where(a == a, code, 0)
+
+
+@triton.jit
+def e2m1_round(y):
+    """y rounded to the E2M1 grid as fp32 (RNE, saturating at ±6, NaN -> ±0, sign of y kept): equal to
+    e2m1_value(e2m1_encode(y, 0, False)) without forming the code, for the fake-quantize path."""
+    a = tl.abs(y)
+    a = tl.where(a > 6.0, 6.0, a)
+    bits = a.to(tl.int32, bitcast=True)
+    normal = (bits + 0x1FFFFF + ((bits >> 22) & 1)) & -4194304  # keep sign, exponent, 1 mantissa bit
+    sub = (a + 4194304.0) - 4194304.0  # a rounded to k * 0.5 (the ulp of 2^22), exact
+    mag = tl.where(a < 1.0, sub.to(tl.int32, bitcast=True), normal)
+    mag = tl.where(a == a, mag, 0)
+    return (mag | (y.to(tl.int32, bitcast=True) & -2147483648)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -126,9 +147,19 @@ def rht_rows(t, BR: tl.constexpr, BC: tl.constexpr, DOT_FP32: tl.constexpr):
 
 @triton.jit
 def load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0,
-              BR: tl.constexpr, BC: tl.constexpr, RHT: tl.constexpr, DOT_FP32: tl.constexpr):
-    """Tile [BR, BC] of the logical view t[r, c] = x[r * stride_r + c * stride_c] as fp32, zero outside."""
-    r = r0 + tl.arange(0, BR)
+              BR: tl.constexpr, BC: tl.constexpr, RHT: tl.constexpr, DOT_FP32: tl.constexpr,
+              VEC_R: tl.constexpr):
+    """Tile [BR, BC] of the logical view t[r, c] = x[r * stride_r + c * stride_c] as fp32, zero outside.
+
+    VEC_R > 0 (columnwise, stride_r == 1) caps the run of contiguous r the compiler sees at VEC_R, so
+    each thread loads VEC_R features (8 bytes for VEC_R=4 in bf16) and keeps a whole 16-block along c
+    in its registers: the block max then needs no shuffle and the threads of a warp read consecutive
+    addresses.
+    """
+    i = tl.arange(0, BR)
+    if VEC_R > 0:
+        i = (i // VEC_R) * VEC_R + i % VEC_R
+    r = r0 + i
     c = c0 + tl.arange(0, BC)
     ptrs = x_ptr + r[:, None].to(tl.int64) * stride_r + c[None, :].to(tl.int64) * stride_c
     t = tl.load(ptrs, mask=(r[:, None] < R) & (c[None, :] < C), other=0.0)

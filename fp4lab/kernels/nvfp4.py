@@ -20,16 +20,23 @@ from fp4lab import formats
 from fp4lab.formats._checks import check_input
 from fp4lab.kernels.amax import amax_partials, amax_partials_rht
 from fp4lab.kernels.numerics import (
-    FP32_MAX, e2m1_encode, e2m1_value, e4m3_encode, e4m3_value, fdiv, load_tile, reduce_amax_bits, round_to_bf16,
-    uniform_tile,
+    FP32_MAX, e2m1_encode, e2m1_round, e2m1_value, e4m3_encode, e4m3_value, fdiv, load_tile, reduce_amax_bits,
+    round_to_bf16, uniform_tile,
 )
 
 ORDERS = {"torchao": 0, "te": 1, "compressed-tensors": 2}
 ROUNDINGS = ("nearest", "stochastic")
-# rows x columns of the logical view per program. Columnwise tiles are taller so each read of x
-# (contiguous along the logical rows there) covers 128 bytes.
+# rows x columns of the logical view per program, and the load vector of the columnwise view (x.T is
+# contiguous along its rows). A columnwise tile is one 16-block wide and 4 x 32 x num_warps features
+# tall: each thread then holds 4 features x 16 tokens, loads 8 contiguous bytes per token (a warp
+# reads 256 contiguous bytes) and finds every block max in its own registers. The 64x64 tile it
+# replaces spread each 16-block over 4 threads x 4 warps (shuffles plus shared-memory reductions)
+# and ran at 21-24% of copy bandwidth on an H100 (benchmarks/quantize.md).
 TILE_ROWWISE = (32, 128)
-TILE_COLUMNWISE = (64, 64)
+TILE_COLUMNWISE = (512, 16)
+VEC_COLUMNWISE = 4
+# the RHT's tl.dot wants a wider tile; it keeps the measured 64x64
+TILE_RHT_COLUMNWISE = (64, 64)
 
 
 @triton.jit
@@ -79,7 +86,7 @@ def _nvfp4_kernel(
     ORDER: tl.constexpr, BLOCK_2D: tl.constexpr, STOCHASTIC: tl.constexpr, RHT: tl.constexpr,
     DOT_FP32: tl.constexpr, QUANT: tl.constexpr, FAKE: tl.constexpr, WRITE_AMAX: tl.constexpr,
     INNER_DTYPE: tl.constexpr, TILES_C_MAJOR: tl.constexpr, N_SRC: tl.constexpr,
-    BR: tl.constexpr, BC: tl.constexpr,
+    BR: tl.constexpr, BC: tl.constexpr, VEC_R: tl.constexpr,
 ):
     pid = tl.program_id(0)
     idx = n_tiles_r * n_tiles_c - 1 - pid
@@ -92,12 +99,13 @@ def _nvfp4_kernel(
     r0 = tr * BR
     c0 = tc * BC
 
+    # the tile's loads are issued before the amax partials are reduced, so both are in flight together
+    t = load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0, BR, BC, RHT, DOT_FP32, VEC_R)
     amax = reduce_amax_bits(amax_src_ptr, n_amax_src, N_SRC)
     if WRITE_AMAX:
         if pid == 0:
             tl.store(amax_out_ptr, amax)
 
-    t = load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0, BR, BC, RHT, DOT_FP32)
     a = tl.abs(t)
     if BLOCK_2D:
         a4 = tl.reshape(a, [BR // 16, 16, BC // 16, 16])
@@ -120,7 +128,8 @@ def _nvfp4_kernel(
         u = uniform_tile(seed, r0, c0, Cp, BR, BC)
     else:
         u = 0.0
-    q = e2m1_encode(y, u, STOCHASTIC)
+    if QUANT or STOCHASTIC:
+        q = e2m1_encode(y, u, STOCHASTIC)
 
     if QUANT:
         lo, hi = tl.split(tl.reshape(q, [BR, BC // 2, 2]))
@@ -133,7 +142,11 @@ def _nvfp4_kernel(
                  code_s.to(tl.uint8),
                  mask=(rows[:, None] < R_out) & (scols[None, :] < Cp // 16))
     if FAKE:
-        v = tl.reshape(tl.reshape(e2m1_value(q), [BR, BC // 16, 16]) * decode[:, :, None], [BR, BC])
+        if STOCHASTIC:
+            e = e2m1_value(q)
+        else:
+            e = e2m1_round(y)  # the same value without forming the code
+        v = tl.reshape(tl.reshape(e, [BR, BC // 16, 16]) * decode[:, :, None], [BR, BC])
         if INNER_DTYPE == tl.bfloat16:
             v = round_to_bf16(v)
         tl.store(out_ptr + rows[:, None].to(tl.int64) * C_out + cols[None, :], v.to(INNER_DTYPE),
@@ -211,8 +224,11 @@ def _check_args(x, fn, block_2d, rounding, scale_order, nonfinite):
 
 def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", scale_order="torchao",
                  generator=None, columnwise=False, rht=False, fake=False, out_dtype=None,
-                 nonfinite="propagate", tile=None, num_warps=4):
+                 nonfinite="propagate", tile=None, num_warps=4, vec_r=None):
     """Run the tile kernel on any device (CPU tensors need TRITON_INTERPRET=1).
+
+    tile, num_warps and vec_r (contiguous features per load in the columnwise view; 0 lets the
+    compiler choose) tune speed only: the numerics are the same for every choice.
 
     Returns an NVFP4Tensor (fake=False) or the fake-quantized tensor (fake=True).
     """
@@ -222,7 +238,11 @@ def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", sca
         raise ValueError(f"{fn}: columnwise needs at least 2 dims, got shape {tuple(x.shape)}")
     x2, stride_r, stride_c, R, C = _logical_view(x, columnwise)
     dev = x.device
-    BR, BC = tile or (TILE_COLUMNWISE if columnwise else TILE_ROWWISE)
+    if tile is None:
+        tile = (TILE_RHT_COLUMNWISE if rht else TILE_COLUMNWISE) if columnwise else TILE_ROWWISE
+    BR, BC = tile
+    if vec_r is None:
+        vec_r = VEC_COLUMNWISE if columnwise and not rht and BC == 16 else 0
     dot_fp32 = interpreting() or x.dtype != torch.bfloat16
     Cp = triton.cdiv(C, 16) * 16
     C_out = Cp if rht else C  # random_hadamard_16 returns the padded length
@@ -259,7 +279,8 @@ def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", sca
             ORDER=ORDERS[scale_order], BLOCK_2D=block_2d, STOCHASTIC=rounding == "stochastic", RHT=rht,
             DOT_FP32=dot_fp32, QUANT=not fake, FAKE=fake, WRITE_AMAX=global_amax is None,
             INNER_DTYPE=_tl_dtype(inner), TILES_C_MAJOR=columnwise,
-            N_SRC=max(triton.next_power_of_2(parts.numel()), 2), BR=BR, BC=BC, num_warps=num_warps,
+            N_SRC=max(triton.next_power_of_2(parts.numel()), 2), BR=BR, BC=BC, VEC_R=vec_r,
+            num_warps=num_warps,
             enable_fp_fusion=False,  # no fma contraction: every product is rounded like the reference
         )
     if fake:

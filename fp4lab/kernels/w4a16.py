@@ -7,10 +7,13 @@ Numerics: e2m1 * e4m3 is exact in BF16/FP32, products are accumulated in fp32 an
 in the fp32 epilogue; the output is rounded to BF16 once. So the kernels equal
 `x.double() @ dequant(W).double().T` to 1 BF16 ulp plus fp32 summation error.
 
-Four ways to compute it, picked per (M bucket, N, K) by timing them once on the first call
+Five ways to compute it, picked per (M bucket, N, K) by timing them once on the first call
 (kernels.md §7), the choice cached in memory (and in FP4LAB_W4A16_CACHE, a JSON file, if set):
 * "gemv": CUDA-core FMAs for M = 1, each thread owning columns (K summed in registers, no shuffles),
           split-K so that all SMs stream weights;
+* "swap": Y^T = W X^T on BF16 tensor cores, the dequantized weight tile as the left operand (Hopper's
+          wgmma reads it from registers) and the tokens as the narrow right one ("swap8": 8 slab dots);
+          the fastest path for M = 2..~128 on an H100 (benchmarks/w4a16.md);
 * "dot":  BF16 tensor-core tl.dot of 8 weight slabs (nibble j of every word) dequantized in registers,
           optional split-K;
 * "dot1": the same tile as one [BK, BN] operand (slabs joined; x gathered in the matching K order);
@@ -273,6 +276,78 @@ def _w4a16_dot_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_p
 
 
 @triton.jit
+def _w4a16_swap_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr,
+                       M, N, K, stride_xm, stride_ym, split_k,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr, ONE_DOT: tl.constexpr,
+                       ASM: tl.constexpr, BF16X2: tl.constexpr, EVEN: tl.constexpr):
+    """Tensor-core path with the operands swapped: Y^T[BN, BM] = W[BN, BK] @ X^T[BK, BM], so the
+    dequantized weight tile is the left operand (Hopper's wgmma takes it from registers, 64 weight rows
+    per warpgroup) and the few tokens are the narrow right operand (>= 16 wide). The M tiles of one
+    weight tile are neighbouring programs, so the weights leave HBM once."""
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    pid_m = pid % num_m
+    pid_n = pid // num_m
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, BLOCK_K // 8)
+    n_mask = offs_n < N
+    m_mask = offs_m < M
+    KW = K // 8
+    k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), split_k) * BLOCK_K
+    k_start = pid_k * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        r = k0 // 8 + offs_r
+        w_ptrs = w_ptr + r[None, :] * N + offs_n[:, None]
+        s_ptrs = s_ptr + (r // 2)[None, :] * N + offs_n[:, None]
+        if EVEN:  # K % BLOCK_K == 0 and N % BLOCK_N == 0: only tokens are masked
+            w = tl.load(w_ptrs, eviction_policy="evict_first")
+            sb = tl.load(s_ptrs)
+        else:
+            w_mask = n_mask[:, None] & (r < KW)[None, :]
+            w = tl.load(w_ptrs, mask=w_mask, other=0, eviction_policy="evict_first")
+            sb = tl.load(s_ptrs, mask=w_mask, other=0)
+        sf = _e4m3_to_f32(sb)
+        if ONE_DOT:
+            # joining (J, J + 4) innermost, then (0, 2) / (1, 3), stacks the 8 nibbles of word r so that
+            # the reshape puts nibble j at column 8r + j: x^T is read in plain k order
+            v0, v4 = _pair_bf16(w, sf, 0, ASM, BF16X2)
+            v1, v5 = _pair_bf16(w, sf, 1, ASM, BF16X2)
+            v2, v6 = _pair_bf16(w, sf, 2, ASM, BF16X2)
+            v3, v7 = _pair_bf16(w, sf, 3, ASM, BF16X2)
+            v = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
+            v = tl.reshape(v, (BLOCK_N, BLOCK_K))
+            kx = k0 + tl.arange(0, BLOCK_K)
+            xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + kx[:, None],
+                         mask=m_mask[None, :] if EVEN else m_mask[None, :] & (kx < K)[:, None], other=0.0)
+            if DOT_FP32:  # the interpreter gets bf16 tl.dot wrong (triton-interpreter.md)
+                acc = tl.dot(v.to(tl.float32), xt.to(tl.float32), acc)
+            else:
+                acc = tl.dot(v, xt, acc)
+        else:
+            x_ptrs = x_ptr + offs_m[None, :] * stride_xm + 8 * r[:, None]
+            x_mask = m_mask[None, :] if EVEN else m_mask[None, :] & (r < KW)[:, None]
+            for j in tl.static_range(4):
+                lo, hi = _pair_bf16(w, sf, j, ASM, BF16X2)
+                xl = tl.load(x_ptrs + j, mask=x_mask, other=0.0)
+                xh = tl.load(x_ptrs + j + 4, mask=x_mask, other=0.0)
+                if DOT_FP32:
+                    acc = tl.dot(lo.to(tl.float32), xl.to(tl.float32), acc)
+                    acc = tl.dot(hi.to(tl.float32), xh.to(tl.float32), acc)
+                else:
+                    acc = tl.dot(lo, xl, acc)
+                    acc = tl.dot(hi, xh, acc)
+    g = tl.load(g_ptr) * 65536.0  # 2^16, see _pair_bf16
+    _epilogue(tl.trans(acc), g, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_ym,
+              pid_m * num_n + pid_n, split_k, HAS_BIAS)
+
+
+@triton.jit
 def _dequant_t_kernel(w_ptr, s_ptr, g_ptr, out_ptr, N, K,
                       BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
     """out[k, n] (W transposed) = e2m1 * fp32(scale * g), rounded once, as the reference dequantize()."""
@@ -293,7 +368,8 @@ def _dequant_t_kernel(w_ptr, s_ptr, g_ptr, out_ptr, N, K,
 
 @dataclass(frozen=True)
 class Config:
-    """One way to run the product. kind: "gemv" | "dot" (8 slab dots) | "dot1" (one dot per tile) | "cublas"."""
+    """One way to run the product. kind: "gemv" | "dot" (8 slab dots) | "dot1" (one dot per tile) |
+    "swap" (weights as the left operand, one dot per tile) | "swap8" (the same, 8 slab dots) | "cublas"."""
 
     kind: str
     block_m: int = 1
@@ -412,6 +488,14 @@ def _launch(cfg: Config, x, words, scales_t, g, bias, y):
             BF16X2=os.environ.get("FP4LAB_W4A16_SAFE_DEQUANT") != "1",
             EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    elif cfg.kind in ("swap", "swap8"):
+        _w4a16_swap_kernel[(tiles_m * tiles_n, cfg.split_k)](
+            x, words, s, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+            HAS_BIAS=bias is not None, DOT_FP32=_interpreting(), ONE_DOT=cfg.kind == "swap", ASM=not _interpreting(),
+            BF16X2=os.environ.get("FP4LAB_W4A16_SAFE_DEQUANT") != "1",
+            EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
         raise ValueError(f"w4a16: unknown config kind {cfg.kind!r}")
     return y
@@ -429,25 +513,42 @@ def _split_for(tiles: int, k: int, block_k: int, sms: int, waves: int = 2) -> in
     return split
 
 
+def _swap_specs(bm: int) -> list[tuple[int, int, int, int]]:
+    """(BLOCK_N, BLOCK_K, num_warps, num_stages) of the swapped kernel for a token tile of bm: the dequantized
+    [BN, BK] tile and the [BN, bm] accumulator share the registers, and bm x BK x stages BF16 tokens
+    the shared memory (all compile for sm_90 without spills; 256 x 64 with 4 warps spills, so it is left out)."""
+    if bm <= 64:
+        return [(64, 128, 4, 4), (64, 256, 4, 3), (128, 128, 4, 4), (128, 128, 8, 4)]
+    if bm == 128:
+        return [(64, 128, 4, 3), (128, 128, 8, 3)]
+    return [(128, 128, 8, 2)]
+
+
 def candidates(m: int, n: int, k: int, sms: int = 132) -> list[Config]:
     """The configs timed for one (M, N, K); the first one is the untimed default (used under capture).
     Every config here compiles for sm_90 without register spills (checked with nvdisasm)."""
     out = []
     if m == 1:
-        for bn, bk in ((256, 128), (512, 128), (512, 64), (128, 256)):
+        for bn, bk in ((64, 256), (128, 256), (256, 128), (64, 512), (32, 256)):
             bk = min(bk, _pow2(k))
-            for waves in (2, 8):
+            for waves in (2, 4, 8):
                 out.append(Config("gemv", 1, bn, bk, _split_for(triton.cdiv(n, bn), k, bk, sms, waves), 4, 1))
-    if m <= 256:
-        bm = min(max(_pow2(m), 16), 64)
-        for kind, bn, warps in (("dot", 64, 4), ("dot", 128, 4), ("dot1", 128, 4), ("dot1", 256, 8)):
+    bms = [min(max(_pow2(m), 16), 256)]
+    if bms[0] == 256:
+        bms.append(128)  # two token tiles per weight tile: dequantized twice, read from HBM once
+    for bm in bms:
+        for bn, bk, warps, stages in _swap_specs(bm):
+            bk = min(bk, _pow2(k))
+            for waves in (1, 2, 4):
+                split = _split_for(triton.cdiv(m, bm) * triton.cdiv(n, bn), k, bk, sms, waves)
+                out.append(Config("swap", bm, bn, bk, split, warps, stages))
+    if 1 < m <= 16:  # v3's tensor-core configs, the fastest for M = 2..16 before the swapped kernel
+        for bn in (64, 128):
             for waves in (1, 4):
-                split = _split_for(triton.cdiv(m, bm) * triton.cdiv(n, bn), k, 128, sms, waves)
-                out.append(Config(kind, bm, bn, 128, split, warps, 3))
-    if m > 64:
-        for kind, bm, bn in (("dot", 128, 128), ("dot1", 128, 128), ("dot", 128, 256)):
-            if bm <= _pow2(m):
-                out.append(Config(kind, bm, bn, 128, 1, 8, 3))
+                out.append(Config("dot", 16, bn, 128, _split_for(triton.cdiv(n, bn), k, 128, sms, waves), 4, 3))
+    if m > 256:
+        for kind, bm, bn in (("dot", 128, 128), ("dot", 128, 256)):
+            out.append(Config(kind, bm, bn, 128, 1, 8, 3))
     out.append(Config("cublas"))
     return list(dict.fromkeys(out))
 

@@ -1,9 +1,12 @@
 """NVFP4 Triton kernels vs fp4lab.formats, bit-exact (interpreter on CPU; small shapes)."""
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from fp4lab import formats
 from fp4lab.kernels import amax_triton, dequantize_nvfp4_triton, nvfp4_triton
+from fp4lab.kernels.numerics import e2m1_encode, e2m1_round
 
 from ._helpers import (
     ORDERS, VARIANTS, assert_bitwise_equal, assert_same_nvfp4, check_fake, check_quantize, spread_input,
@@ -163,3 +166,47 @@ def test_fresh_random_input():
             check_quantize(spread_input(24, 80, seed=seed), variant, order)
         except AssertionError as err:
             raise AssertionError(f"seed {seed}: {err}") from err
+
+
+@pytest.mark.parametrize("tile,vec_r", [((16, 16), 4), ((32, 16), 2), ((16, 32), 0), ((64, 16), 8)])
+def test_columnwise_tiling_does_not_change_numerics(tile, vec_r):
+    # several tiles per dimension, masked edges (72 features, 40 tokens), vectorized feature loads
+    x = spread_input(40, 72, seed=sum(tile) + vec_r)
+    t = x.T
+    kw = dict(columnwise=True, tile=tile, vec_r=vec_r, num_warps=1)
+    assert_same_nvfp4(nvfp4_triton(x, scale_order="te", **kw),
+                      formats.quantize_nvfp4(t, scale_order="te", nonfinite="propagate"))
+    ct = dict(block_2d=True, scale_order="compressed-tensors")
+    assert_same_nvfp4(nvfp4_triton(x, **ct, **kw), formats.quantize_nvfp4(t, **ct, nonfinite="propagate"))
+    assert_bitwise_equal(nvfp4_triton(x, fake=True, **kw),
+                         formats.quantize_nvfp4(t, nonfinite="propagate").dequantize(t.dtype))
+    # stochastic rounding draws by element position, so the tiling must not change it either
+    sr = dict(columnwise=True, rounding="stochastic")
+    a = nvfp4_triton(x, generator=torch.Generator().manual_seed(3), **sr, tile=tile, vec_r=vec_r, num_warps=1)
+    b = nvfp4_triton(x, generator=torch.Generator().manual_seed(3), **sr)
+    assert torch.equal(a.codes, b.codes) and torch.equal(a.scales.view(torch.uint8), b.scales.view(torch.uint8))
+
+
+@triton.jit
+def _e2m1_probe_kernel(y_ptr, code_ptr, value_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    y = tl.load(y_ptr + offs, mask=offs < n, other=0.0)
+    tl.store(code_ptr + offs, e2m1_encode(y, 0.0, False), mask=offs < n)
+    tl.store(value_ptr + offs, e2m1_round(y), mask=offs < n)
+
+
+def test_e2m1_bit_rounding_matches_reference():
+    # the kernels round to E2M1 by bit arithmetic; the reference counts bin edges. Every bf16 value,
+    # and fp32 values 0..3 ulps around every bin edge and grid point, both signs, NaN, Inf, subnormals
+    bf16 = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float()
+    points = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 1e-40])
+    bits = points.view(torch.int32)[:, None] + torch.arange(-3, 4, dtype=torch.int32)
+    near = bits.flatten().view(torch.float32)
+    y = torch.cat([bf16, near, -near, torch.tensor([float("nan"), -float("nan"), float("inf"), -float("inf")])])
+    codes = torch.empty(y.shape, dtype=torch.int32)
+    values = torch.empty_like(y)
+    _e2m1_probe_kernel[(triton.cdiv(y.numel(), 8192),)](y, codes, values, y.numel(), BLOCK=8192)
+    ref = formats.round_to_e2m1(y)
+    assert torch.equal(codes, ref.to(torch.int32)), y[codes != ref.to(torch.int32)][:8]
+    got, want = values.view(torch.int32), formats.e2m1_to_float(ref).view(torch.int32)
+    assert torch.equal(got, want), y[got != want][:8]

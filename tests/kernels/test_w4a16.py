@@ -61,6 +61,8 @@ CPU_CONFIGS = [
     Config("dot", 16, 16, 128, 1),
     Config("dot", 16, 32, 128, 2),
     Config("dot1", 16, 16, 128, 2),
+    Config("swap", 16, 16, 128, 2),
+    Config("swap8", 16, 16, 128, 1),
     Config("cublas"),
     None,  # the default path
 ]
@@ -80,7 +82,8 @@ def test_matches_reference(cfg, m, n, k):
     assert_close(y, x, codes, scales, g, bias, weight_in_bf16=cfg is not None and cfg.kind == "cublas")
 
 
-@pytest.mark.parametrize("cfg", [Config("gemv", 1, 16, 32, 2), Config("dot", 16, 16, 128, 2)], ids=["gemv", "dot"])
+@pytest.mark.parametrize("cfg", [Config("gemv", 1, 16, 32, 2), Config("dot", 16, 16, 128, 2),
+                                 Config("swap", 16, 16, 128, 2)], ids=["gemv", "dot", "swap"])
 def test_code_one_is_half(cfg):
     """Every weight 0.5 (code 1) with scale 1 and g 1: y = 0.5 * sum(x), exactly; a flush-to-zero bug gives 0."""
     n, k = 16, 64
@@ -102,7 +105,7 @@ def test_zero_scales_and_nan_scale():
     sb[20, 1] = 0x7F  # NaN scale propagates to that row only
     scales = sb.view(torch.float8_e4m3fn)
     x = torch.randn(2, k, generator=gen).bfloat16().to(DEV)
-    for cfg in (Config("dot", 16, 16, 128, 2), Config("dot1", 16, 16, 128, 1), None):
+    for cfg in (Config("dot", 16, 16, 128, 2), Config("dot1", 16, 16, 128, 1), Config("swap", 16, 16, 128, 2), None):
         y = w4a16_matmul(x, *to_kernel_layout(codes, scales), g, config=cfg).float().cpu()
         assert (y[:, :16] == 0).all()
         assert torch.isnan(y[:, 20]).all()
@@ -180,7 +183,7 @@ def test_candidates_are_valid():
             cands = w4a16.candidates(m, n, k)
             assert cands[-1].kind == "cublas" and len(set(cands)) == len(cands)
             for c in cands[:-1]:
-                assert c.kind in ("gemv", "dot", "dot1") and (c.kind != "gemv" or m == 1)
+                assert c.kind in ("gemv", "dot", "dot1", "swap", "swap8") and (c.kind != "gemv" or m == 1)
                 assert c.split_k & (c.split_k - 1) == 0 and c.split_k * c.block_k <= max(k, c.block_k)
 
 
@@ -188,7 +191,9 @@ def test_candidates_are_valid():
 
 GPU_CONFIGS = [Config("gemv", 1, 256, 128, 4), Config("gemv", 1, 512, 64, 1), Config("dot", 16, 64, 128, 4),
                Config("dot", 64, 128, 128, 2), Config("dot", 128, 128, 128, 1, 8, 3), Config("dot1", 16, 128, 128, 2),
-               Config("dot1", 128, 256, 64, 1, 8, 4), Config("cublas"), None]
+               Config("dot1", 128, 256, 64, 1, 8, 4), Config("swap", 16, 64, 128, 4, 4, 4),
+               Config("swap", 64, 128, 256, 2, 8, 3), Config("swap", 256, 128, 128, 1, 8, 2),
+               Config("swap8", 32, 64, 128, 2, 4, 3), Config("cublas"), None]
 
 
 @pytest.mark.gpu
