@@ -149,7 +149,7 @@ def layer_bench(shapes, methods, deadline) -> list[dict]:
             del fn, w
             if DEVICE == "cuda":
                 torch.cuda.empty_cache()
-        base = next((r for r in rows if r["method"] == "bf16" and r["M"] == M and "ms_median" in r), None)
+        base = next((r for r in rows if r["method"] == "bf16" and (r["M"], r["K"], r["N"]) == (M, K, N) and "ms_median" in r), None)
         for r in rows:
             if base and r["M"] == M and r["K"] == K and r["N"] == N and "ms_median" in r:
                 r["ratio_vs_bf16"] = r["ms_median"] / base["ms_median"]
