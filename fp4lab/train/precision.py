@@ -27,21 +27,29 @@ def recipe_name(spec: str) -> str:
     return get_recipe(spec).spec()
 
 
-def apply_recipe(model, spec: str):
+def _seeded(recipe, sr_seed: int | None):
+    """The recipe with the run's stochastic-rounding seed: each run seed (and each rank) must draw its
+    own SR noise, or a multi-seed comparison would repeat one noise stream."""
+    import dataclasses
+
+    return recipe if sr_seed is None else dataclasses.replace(recipe, seed=sr_seed)
+
+
+def apply_recipe(model, spec: str, sr_seed: int | None = None):
     if spec == BASELINE:
         return model
     get_recipe, convert, _ = _recipes()
-    return convert(model, get_recipe(spec))
+    return convert(model, _seeded(get_recipe(spec), sr_seed))
 
 
 def is_converted(model) -> bool:
     return any(type(m).__name__ == "QuantLinear" for m in model.modules())
 
 
-def switch_recipe(model, spec: str, forward_only: bool):
+def switch_recipe(model, spec: str, forward_only: bool, sr_seed: int | None = None):
     """Change precision in place, keeping the same parameter objects (the optimizer holds them)."""
     get_recipe, convert, set_recipe = _recipes()
-    recipe = get_recipe(spec)
+    recipe = _seeded(get_recipe(spec), sr_seed)
     if is_converted(model):
         set_recipe(model, recipe, forward_only=forward_only)
         return model

@@ -267,7 +267,8 @@ def train(cfg: TrainConfig) -> dict:
 
     model = build_model(cfg.preset, data.vocab_size, cfg.seed)
     hf_config = model.config
-    apply_recipe(model, cfg.recipe)
+    sr_seed = cfg.seed + 1000 * d.rank  # SR noise differs per run seed and per rank
+    apply_recipe(model, cfg.recipe, sr_seed)
     model.to(device)
     model.train()
     torch.manual_seed(cfg.seed + 1 + d.rank)  # randomness during training (stochastic rounding)
@@ -288,7 +289,7 @@ def train(cfg: TrainConfig) -> dict:
 
     switch_step = math.ceil(cfg.switch_at * cfg.steps) if cfg.switch_at is not None else None
     if switch_step is not None and start >= switch_step:
-        switch_recipe(unwrap(model_w), cfg.switch_to, cfg.forward_only)
+        switch_recipe(unwrap(model_w), cfg.switch_to, cfg.forward_only, sr_seed)
     if payload is not None:  # after any switch: set_recipe reseeds the layers' generators
         set_generator_states(unwrap(model_w), payload["rng"][d.rank]["layers"])
     model_c = torch.compile(model_w) if cfg.compile else model_w
@@ -343,7 +344,7 @@ def train(cfg: TrainConfig) -> dict:
             flush()
         if done == switch_step:
             # switched before this step's checkpoint, so a resumed run finds the switch done
-            switch_recipe(unwrap(model_w), cfg.switch_to, cfg.forward_only)
+            switch_recipe(unwrap(model_w), cfg.switch_to, cfg.forward_only, sr_seed)
             log.write(dict(type="event", step=done, tokens=done * tokens_step, kind="recipe_switch",
                            value=cfg.switch_to, detail=f"forward_only={cfg.forward_only}"))
         if eval_due:

@@ -63,3 +63,16 @@ def test_resume_with_stochastic_rounding_recipe_and_switch(tmp_path, data_dir, r
     assert _curve(tmp_path / "split") == _curve(tmp_path / "full")
     switches = [e for e in metric_rows(tmp_path / "full", "event") if e["kind"] == "recipe_switch"]
     assert [(e["step"], e["value"]) for e in switches] == [(2, "bf16")]
+
+
+def test_each_run_seed_gets_its_own_stochastic_rounding_stream():
+    from fp4lab.models import build_model
+    from fp4lab.train.precision import apply_recipe
+
+    def first_draw(sr_seed):
+        model = apply_recipe(build_model("tiny", 256, 0), "nvfp4", sr_seed)
+        layer = next(m for m in model.modules() if type(m).__name__ == "QuantLinear" and m.recipe.quantized)
+        return torch.randint(0, 2**30, (4,), generator=layer.generator).tolist()
+
+    assert first_draw(1) == first_draw(1)
+    assert first_draw(1) != first_draw(2)
