@@ -12,16 +12,12 @@ import torch
 from fp4lab.export.checkpoint import PackedWeight
 from fp4lab.export.scales import ct_encode_scale, exportable_amax
 from fp4lab.formats.e2m1 import E2M1_MAX, e2m1_to_float, pack_e2m1, round_to_e2m1
+from fp4lab.formats.nvfp4 import to_e4m3
 
 NVFP4_BLOCK = 16
 MXFP4_BLOCK = 32
 E4M3_MAX = 448.0
 FLT_MAX = torch.finfo(torch.float32).max
-
-
-def to_e4m3(sf: torch.Tensor) -> torch.Tensor:
-    """RNE to E4M3 with the clamp at 448 that every implementation applies first (torch's cast gives NaN > 464)."""
-    return sf.clamp(max=E4M3_MAX).to(torch.float8_e4m3fn)
 
 
 def nvfp4_scales(block_amax: torch.Tensor, G: torch.Tensor, target: float = 6.0) -> torch.Tensor:
