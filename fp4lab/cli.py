@@ -198,10 +198,6 @@ def _add_ptq_commands(sub) -> None:
     p.set_defaults(func=lazy("cmd_inspect"))
 
 
-def _add_bench_commands(sub) -> None:
-    """`fp4lab bench ...` (owner: fp4lab/kernels)."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     from fp4lab import __version__
 
@@ -215,7 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_commands(sub)
     _add_recipe_commands(sub)
     _add_ptq_commands(sub)
-    _add_bench_commands(sub)
     return parser
 
 
