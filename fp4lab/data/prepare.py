@@ -1,7 +1,8 @@
 """`fp4lab data prepare`: text files (plain or .xz) -> train.bin / val.bin token memmaps + meta.json.
 
 Tokens are stored as little-endian uint16 when the vocabulary fits, else uint32. The last
-``val_fraction`` of the token stream is the validation split (nanoGPT's shakespeare_char split).
+``val_fraction`` of the token stream is the validation split (nanoGPT's shakespeare_char split),
+unless separate validation files are given. The tokenizer is trained on the training text only.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fp4lab.data.tokenizer import ByteTokenizer, parse_tokenizer_spec, train_bpe
+from fp4lab.data.tokenizer import BPETokenizer, ByteTokenizer, parse_tokenizer_spec, train_bpe
 
 FORMAT_VERSION = 1
 # BPE encodes the corpus in pieces of about this many characters, cut at line ends
@@ -55,43 +56,70 @@ def _write_tokens(path: Path, tokens: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def prepare_corpus(
-    paths, out_dir, tokenizer: str = "byte", val_fraction: float = 0.1
-) -> dict:
-    """Tokenize ``paths`` (joined by a blank line) into ``out_dir``; returns the meta dict."""
-    paths = [Path(p) for p in paths]
-    if not paths:
-        raise ValueError("data prepare needs at least one text file")
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    kind, vocab = parse_tokenizer_spec(tokenizer)
+def _read_all(paths: list[Path]) -> list[str]:
     texts = []
     for p in paths:
         t = read_text(p)
         if not t.strip():
             raise ValueError(f"corpus file {p} is empty (no non-whitespace text)")
         texts.append(t)
-    text = "\n\n".join(texts)
+    return texts
 
-    if kind == "byte":
-        tok = ByteTokenizer()
-        ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    else:
-        chunks = _chunks(text)
-        tok = train_bpe(chunks, vocab)
-        ids = np.fromiter(
-            (i for piece in tok.encode_batch(chunks) for i in piece), dtype=np.int64
-        )
+
+def _tokenizer(spec: str, train_chunks: list[str]):
+    """'byte', 'bpe:VOCAB' (trained on the training text) or the path of a saved tokenizer.json."""
+    if Path(spec).is_file():
+        from tokenizers import Tokenizer
+
+        try:
+            return "bpe", BPETokenizer(Tokenizer.from_file(spec))
+        except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception on bad JSON
+            raise ValueError(f"tokenizer file {spec} is not a tokenizers JSON file: {err}") from None
+    kind, vocab = parse_tokenizer_spec(spec)
+    return kind, (ByteTokenizer() if kind == "byte" else train_bpe(train_chunks, vocab))
+
+
+def _encode(tok, text: str) -> np.ndarray:
+    if isinstance(tok, ByteTokenizer):
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    return np.fromiter((i for piece in tok.encode_batch(_chunks(text)) for i in piece), dtype=np.int64)
+
+
+def prepare_corpus(
+    paths, out_dir, tokenizer: str = "byte", val_fraction: float = 0.1, valid_paths=()
+) -> dict:
+    """Tokenize ``paths`` (joined by a blank line) into ``out_dir``; returns the meta dict.
+
+    ``tokenizer``: 'byte', 'bpe:VOCAB' or a tokenizer.json to reuse. With ``valid_paths`` the
+    validation split is those files and all of ``paths`` is training data.
+    """
+    paths = [Path(p) for p in paths]
+    valid_paths = [Path(p) for p in valid_paths]
+    if not paths:
+        raise ValueError("data prepare needs at least one text file")
+    if not valid_paths and not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    texts = _read_all(paths)
+    valid_texts = _read_all(valid_paths)
+    text = "\n\n".join(texts)
+    kind, tok = _tokenizer(tokenizer, _chunks(text) if tokenizer.startswith("bpe:") else [])
     dtype = token_dtype(tok.vocab_size)
+    ids = _encode(tok, text)
+    if ids.size and int(ids.max()) >= tok.vocab_size:
+        raise ValueError(f"tokenizer produced id {int(ids.max())} >= its vocab size {tok.vocab_size}")
     ids = ids.astype(dtype)
-    n_val = int(len(ids) * val_fraction)
-    if n_val < 2 or len(ids) - n_val < 2:
-        raise ValueError(f"corpus is too small to split: {len(ids)} tokens")
+    if valid_paths:
+        train_ids, val_ids = ids, _encode(tok, "\n\n".join(valid_texts)).astype(dtype)
+    else:
+        n_val = int(len(ids) * val_fraction)
+        train_ids, val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+    if len(val_ids) < 2 or len(train_ids) < 2:
+        raise ValueError(f"corpus is too small to split: {len(train_ids)} train and {len(val_ids)} val tokens")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_tokens(out / "train.bin", ids[: len(ids) - n_val])
-    _write_tokens(out / "val.bin", ids[len(ids) - n_val :])
+    _write_tokens(out / "train.bin", train_ids)
+    _write_tokens(out / "val.bin", val_ids)
     if kind == "bpe":
         tok.save(out)
     meta = {
@@ -99,12 +127,16 @@ def prepare_corpus(
         "tokenizer": kind,
         "vocab_size": tok.vocab_size,
         "dtype": dtype.name,
-        "train_tokens": int(len(ids) - n_val),
-        "val_tokens": int(n_val),
-        "val_fraction": val_fraction,
+        "train_tokens": int(len(train_ids)),
+        "val_tokens": int(len(val_ids)),
+        "val_fraction": None if valid_paths else val_fraction,
         "sources": [
             {"path": str(p), "sha256": hashlib.sha256(t.encode("utf-8")).hexdigest()}
             for p, t in zip(paths, texts)
+        ],
+        "valid_sources": [
+            {"path": str(p), "sha256": hashlib.sha256(t.encode("utf-8")).hexdigest()}
+            for p, t in zip(valid_paths, valid_texts)
         ],
     }
     tmp = out / f"meta.json.{os.getpid()}.tmp"

@@ -112,3 +112,25 @@ def test_truncated_token_file_is_refused(tmp_path):
         TokenData(tmp_path / "d")
     with pytest.raises(FileNotFoundError, match="data prepare"):
         TokenData(tmp_path)
+
+
+def test_validation_files_and_a_reused_tokenizer(tmp_path):
+    train_txt, valid_txt = tmp_path / "train.txt", tmp_path / "valid.txt.xz"
+    train_txt.write_text(TEXT, encoding="utf-8")
+    valid_txt.write_bytes(lzma.compress("Speak, speak. A different book.\n".encode() * 20))
+    first = prepare_corpus([train_txt], tmp_path / "a", tokenizer="bpe:300", valid_paths=[valid_txt])
+    assert first["val_fraction"] is None and len(first["valid_sources"]) == 1
+    tok = load_tokenizer(tmp_path / "a")
+    train_ids = np.fromfile(tmp_path / "a" / "train.bin", dtype=first["dtype"])
+    val_ids = np.fromfile(tmp_path / "a" / "val.bin", dtype=first["dtype"])
+    assert tok.decode(train_ids.tolist()) == TEXT  # all of it is training data
+    assert tok.decode(val_ids.tolist()) == "Speak, speak. A different book.\n" * 20
+    # the same tokenizer.json reused on other text: identical ids, no retraining
+    again = prepare_corpus([train_txt], tmp_path / "b", tokenizer=str(tmp_path / "a" / "tokenizer.json"),
+                           valid_paths=[valid_txt])
+    assert again["vocab_size"] == first["vocab_size"]
+    assert np.array_equal(np.fromfile(tmp_path / "b" / "val.bin", dtype=again["dtype"]), val_ids)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="tokenizers JSON"):
+        prepare_corpus([train_txt], tmp_path / "c", tokenizer=str(bad))
