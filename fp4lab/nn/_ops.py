@@ -135,6 +135,11 @@ def _nvfp4_kw(q: OperandQuant, generator) -> dict:
     )
 
 
+def has_packed_kernel(q: OperandQuant) -> bool:
+    """Whether `quantize` of this operand runs a fused kernel (NVFP4 with fp4lab.kernels)."""
+    return q.fmt == "nvfp4" and _kernels() is not None
+
+
 def quantize(t: torch.Tensor, q: OperandQuant, *, columnwise: bool = False, generator=None):
     """Packed quantization of a 2D operand along its last dim (of t^T with `columnwise`)."""
     if q.fmt == "nvfp4":

@@ -5,8 +5,8 @@ Dgrad  dx = Q_sr(dy) Q(W)          (dy blocks along out_features; with 2D tiles 
 Wgrad  dW = Q_sr(H dy)^T Q(H x)    (both blocked along tokens, H = 16x16 RHT along tokens, cancels)
 Quantized operands are dequantized to BF16 and multiplied with FP32 accumulation (emulation of a
 block-scaled FP4 GEMM on tensor cores that have none); dW is accumulated in FP32. Backward keeps
-only the columnwise (post-RHT) quantized x, packed (4.5 bits per value), and re-quantizes W from
-the parameter it already holds.
+only the columnwise (post-RHT) quantized x, packed for NVFP4 (4.5 bits per value; MXFP4 and FP8
+keep it as BF16 values), and re-quantizes W from the parameter it already holds.
 """
 from __future__ import annotations
 
@@ -77,10 +77,16 @@ class _QuantLinearFn(torch.autograd.Function):
         if plan.wgrad_x is None:
             saved.append(x2d)
             metas["x"] = None
-        else:
+        elif _ops.has_packed_kernel(plan.wgrad_x):
             xp = _ops.quantize(_pad_rows(x2d, _col_block(plan.wgrad_x)), plan.wgrad_x, columnwise=True)
             tensors, metas["x"] = _ops.split_packed(xp)
             saved.extend(tensors)
+        else:
+            # no fused packing kernel (MXFP4, FP8): keep the BF16 fake-quantized values instead, the
+            # same numbers the packed path dequantizes to, at 16 bits instead of 4.25-8 per value;
+            # the eager packing reference costs a dozen kernel launches per layer
+            saved.append(_ops.fake_quantize(_pad_rows(x2d, _col_block(plan.wgrad_x)), plan.wgrad_x, columnwise=True))
+            metas["x"] = "values"
         ctx.save_for_backward(*saved)
         ctx.metas, ctx.plan, ctx.generator = metas, plan, generator
         ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
@@ -112,7 +118,10 @@ class _QuantLinearFn(torch.autograd.Function):
                 x_km = rest[0].t()
                 dy_nm = dy2d.t()
             else:
-                x_km = _ops.dequantize(_ops.join_packed(rest, metas["x"]))  # [K, Mp]
+                if metas["x"] == "values":
+                    x_km = rest[0]
+                else:
+                    x_km = _ops.dequantize(_ops.join_packed(rest, metas["x"]))  # [K, Mp]
                 dy_pad = _pad_rows(dy2d, _col_block(plan.wgrad_dy))
                 dy_nm = _ops.fake_quantize(dy_pad, plan.wgrad_dy, columnwise=True, generator=gen)
             dw = _mm(dy_nm, x_km.t(), ctx.w_dtype)  # fp32 accumulation, one rounding to the param dtype
