@@ -14,7 +14,8 @@ def _add_data_commands(sub) -> None:
     def prepare(args):
         from fp4lab.data import prepare_corpus
 
-        meta = prepare_corpus(args.text, args.out, tokenizer=args.tokenizer, val_fraction=args.val_fraction)
+        meta = prepare_corpus(args.text, args.out, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
+                              valid_paths=args.valid or ())
         print(f"{args.out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens, "
               f"{meta['tokenizer']} tokenizer, vocab {meta['vocab_size']}, {meta['dtype']}")
 
@@ -22,9 +23,11 @@ def _add_data_commands(sub) -> None:
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     p = data_sub.add_parser("prepare", help="text files (plain or .xz) -> train/val token files + meta.json")
     p.add_argument("text", nargs="+", help="UTF-8 text files, plain or .xz")
-    p.add_argument("--tokenizer", default="byte", help="'byte' (vocab 256) or 'bpe:VOCAB' (default: byte)")
+    p.add_argument("--tokenizer", default="byte",
+                   help="'byte' (vocab 256), 'bpe:VOCAB' (trained on the text) or a tokenizer.json to reuse")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--val-fraction", type=float, default=0.1, help="last fraction kept for validation")
+    p.add_argument("--valid", nargs="+", help="validation text files (then all of TEXT is training data)")
     p.set_defaults(func=prepare)
 
 
@@ -33,7 +36,7 @@ def _add_train_commands(sub) -> None:
 
     def run_options(p) -> None:
         # defaults of None mean "the preset's default" (fp4lab/models.py) or TrainConfig's
-        p.add_argument("--preset", default="tiny", help="tiny, shakespeare-char, 20m, 124m, 135m, 350m, or a JSON config")
+        p.add_argument("--preset", default="tiny", help="tiny, shakespeare-char, 20m, 60m, 124m, 135m, 350m, or a JSON config")
         p.add_argument("--data", help="prepared data directory (default: bundled tinyshakespeare, byte tokens)")
         p.add_argument("--tokens", type=int, help="training tokens per run (default: the preset's)")
         p.add_argument("--batch-size", type=int, help="sequences per micro-batch per process")
@@ -43,6 +46,8 @@ def _add_train_commands(sub) -> None:
         p.add_argument("--schedule", choices=["cosine", "wsd"])
         p.add_argument("--warmup", type=float, help="warm-up steps (>= 1) or fraction of the run (< 1)")
         p.add_argument("--weight-decay", type=float)
+        p.add_argument("--beta2", type=float, help="AdamW beta2 (default: the preset's, else 0.95)")
+        p.add_argument("--dropout", type=float, help="embedding/attention/residual dropout (default: the preset's, else 0)")
         p.add_argument("--grad-clip", type=float, help="max global gradient norm (0: no clipping)")
         p.add_argument("--eval-every", type=int, help="validation every N steps (0: only at the end)")
         p.add_argument("--eval-batches", type=int)

@@ -22,6 +22,8 @@ class TrainConfig:
     schedule: str = "cosine"          # cosine | wsd
     decay_fraction: float = 0.2       # wsd only
     weight_decay: float = 0.1
+    beta2: float | None = None        # AdamW beta2; None = the preset's (0.95 unless it says otherwise)
+    dropout: float | None = None      # embedding/attention/residual dropout; None = the preset's (0.0)
     grad_clip: float = 1.0
     seed: int = 0
     eval_every: int | None = None     # 0: only at the end; None: 10 evaluations per run
@@ -49,6 +51,12 @@ class TrainConfig:
         batch = self.batch_size or d.get("batch_size", 8)
         seq = self.seq_len or d.get("seq_len", 256)
         lr = self.lr if self.lr is not None else d.get("lr", 1e-3)
+        beta2 = self.beta2 if self.beta2 is not None else d.get("beta2", 0.95)
+        dropout = self.dropout if self.dropout is not None else d.get("dropout", 0.0)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not 0.0 <= beta2 < 1.0:
+            raise ValueError(f"beta2 must be in [0, 1), got {beta2}")
         if batch < 1 or seq < 1 or self.grad_accum < 1:
             raise ValueError("batch_size, seq_len and grad_accum must be >= 1")
         per_step = batch * seq * self.grad_accum * world_size
@@ -64,7 +72,7 @@ class TrainConfig:
         if self.switch_at is not None and not 0.0 <= self.switch_at <= 1.0:
             raise ValueError(f"--switch-at must be a fraction in [0, 1], got {self.switch_at}")
         every = max(1, steps // 10)
-        return replace(self, batch_size=batch, seq_len=seq, lr=lr, steps=steps,
+        return replace(self, batch_size=batch, seq_len=seq, lr=lr, steps=steps, beta2=beta2, dropout=dropout,
                        tokens=steps * per_step,
                        eval_every=every if self.eval_every is None else self.eval_every,
                        ckpt_every=every if self.ckpt_every is None else self.ckpt_every,
@@ -76,7 +84,7 @@ class TrainConfig:
     def run_identity(self, world_size: int, data_meta: dict) -> dict:
         """Settings that decide the numbers; a resumed run must match them all."""
         keys = ("preset", "recipe", "steps", "batch_size", "seq_len", "grad_accum", "lr",
-                "min_lr_ratio", "warmup", "schedule", "decay_fraction", "weight_decay",
+                "min_lr_ratio", "warmup", "schedule", "decay_fraction", "weight_decay", "beta2", "dropout",
                 "grad_clip", "seed", "switch_at", "switch_to", "forward_only", "parallel")
         ident = {k: getattr(self, k) for k in keys}
         ident["world_size"] = world_size

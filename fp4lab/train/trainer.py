@@ -1,7 +1,7 @@
 """The training loop: one function, `train(cfg)`, used by `fp4lab train`, `fp4lab compare` and the
 speed benchmark.
 
-Numerics: AdamW (betas 0.9/0.95, decoupled weight decay on matrices only), cross-entropy in FP32
+Numerics: AdamW (betas 0.9/0.95 unless the preset or --beta2 says otherwise, decoupled weight decay on matrices only), cross-entropy in FP32
 on BF16-autocast logits on GPU, everything FP32 on CPU. The data order, the schedule and the
 initial weights are pure functions of (seed, step), and the RNG states are checkpointed, so a
 resumed run repeats the uninterrupted one bit for bit on the same hardware and software.
@@ -9,6 +9,7 @@ resumed run repeats the uninterrupted one bit for bit on the same hardware and s
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -62,7 +63,7 @@ def make_optimizer(model, cfg: TrainConfig, device: torch.device):
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     extra = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, **extra)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), eps=1e-8, **extra)
 
 
 def _autocast(device: torch.device):
@@ -241,7 +242,7 @@ def train(cfg: TrainConfig) -> dict:
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
     from fp4lab.data import TokenData
-    from fp4lab.models import build_model
+    from fp4lab.models import add_dropout, build_model
 
     data_dir = _data_dir(cfg, d)
     data = TokenData(data_dir)
@@ -266,7 +267,8 @@ def train(cfg: TrainConfig) -> dict:
         check_compatible(payload, identity, ckpt_path)
 
     model = build_model(cfg.preset, data.vocab_size, cfg.seed)
-    hf_config = model.config
+    hf_config = copy.deepcopy(model.config)  # saved as trained for inference: no dropout in it
+    add_dropout(model, cfg.dropout)
     sr_seed = cfg.seed + 1000 * d.rank  # SR noise differs per run seed and per rank
     apply_recipe(model, cfg.recipe, sr_seed)
     model.to(device)

@@ -41,3 +41,34 @@ def test_config_file_run_saves_a_hf_checkpoint(tmp_path, data_dir):
     saved = load_checkpoint(out / "checkpoint.pt")["model"]
     for name, tensor in hf.state_dict().items():
         assert torch.equal(tensor, saved[name]), name
+
+
+def test_dropout_hooks_survive_recipe_conversion():
+    pytest.importorskip("fp4lab.nn")
+    from fp4lab.models import add_dropout, build_model
+    from fp4lab.nn import convert
+
+    x = torch.randint(0, 256, (2, 32))
+    model = build_model("tiny", 256, seed=0)
+    add_dropout(model, 0.3)
+    convert(model, "mxfp4")  # replaces the Linear layers; the hooks sit on their parents
+    model.train()
+    a, b = model(input_ids=x).logits, model(input_ids=x).logits
+    assert not torch.equal(a, b)
+    model.eval()
+    assert torch.equal(model(input_ids=x).logits, model(input_ids=x).logits)
+    plain = build_model("tiny", 256, seed=0)
+    convert(plain, "mxfp4")
+    plain.eval()
+    assert torch.equal(model(input_ids=x).logits, plain(input_ids=x).logits)  # eval: dropout is off
+
+
+def test_shakespeare_char_preset_has_nanogpt_dropout_and_beta2(tmp_path):
+    from fp4lab.train import TrainConfig
+
+    cfg = TrainConfig(out=str(tmp_path), preset="shakespeare-char").resolve()
+    assert (cfg.dropout, cfg.beta2) == (0.2, 0.99)
+    cfg = TrainConfig(out=str(tmp_path), preset="tiny").resolve()
+    assert (cfg.dropout, cfg.beta2) == (0.0, 0.95)
+    with pytest.raises(ValueError, match="dropout"):
+        TrainConfig(out=str(tmp_path), dropout=1.0).resolve()
