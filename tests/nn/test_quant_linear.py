@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from fp4lab import formats as fm
-from fp4lab.nn import NonFiniteError, QuantLinear, debug_nonfinite
+from fp4lab.nn import NonFiniteError, QuantLinear, _ops, debug_nonfinite
 from fp4lab.recipes import get_recipe
 
 BF = torch.bfloat16
@@ -291,3 +291,25 @@ def test_deepcopy_gets_its_own_sr_stream():
         m(x.clone().requires_grad_(True)).backward(dy)
         grads.append(m.weight.grad)
     assert torch.equal(grads[0], grads[1])  # same seed, separate generators: same draws
+
+
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+@pytest.mark.parametrize("case", ["random", "outliers", "zeros", "nan", "empty", "odd"])
+def test_fp8_tensor_fast_path_matches_the_reference(fmt, case):
+    """The CUDA per-tensor FP8 path (eager ops around the Triton amax) against fp4lab.formats."""
+    from fp4lab import formats
+
+    g = torch.Generator().manual_seed(7)
+    shape = {"empty": (0, 32), "odd": (37, 19)}.get(case, (64, 96))
+    x = torch.randn(*shape, generator=g).to(torch.bfloat16)
+    if case == "outliers":
+        x[3, 4], x[10, 1] = 3e4, -1e-30
+    if case == "zeros":
+        x.zero_()
+    if case == "nan":
+        x[5, 6] = float("nan")
+    got = _ops._fp8_tensor_fake(x, fmt, torch.bfloat16)
+    ref = formats.fake_quantize(x, f"fp8_{fmt}", nonfinite="propagate").to(torch.bfloat16)
+    assert got.shape == ref.shape and got.dtype == torch.bfloat16
+    assert torch.equal(got.isnan(), ref.isnan())
+    assert torch.equal(got.nan_to_num(), ref.nan_to_num())
