@@ -18,6 +18,7 @@ from fp4lab.experiments.plots import gap_plot, gap_series, grad_norm_plot, loss_
 from fp4lab.experiments.runs import load_comparison
 
 MATCH_PCT, CLOSE_PCT = 1.0, 3.0
+OVERFIT_PCT = 2.0
 PLOTS = (("loss.png", "Validation and training loss vs tokens"),
          ("gap.png", "Relative validation-loss gap to the baseline (%) vs tokens"),
          ("grad_norm.png", "Gradient norm vs tokens"))
@@ -37,10 +38,14 @@ def summarize_recipes(runs: dict, baseline: str) -> list[dict]:
         finals = [r.final for r in seeds if r.final]
         vals = [r.val[-1]["val_loss"] if r.val else None for r in seeds]
         mean, std = _mean_std(vals)
+        best_mean, best_std = _mean_std([min(v["val_loss"] for v in r.val) if r.val else None for r in seeds])
+        # val loss risen > OVERFIT_PCT above its minimum: the run memorizes (small data, many epochs)
+        overfit = sum(1 for r in seeds if r.val and
+                      r.val[-1]["val_loss"] > (1 + OVERFIT_PCT / 100) * min(v["val_loss"] for v in r.val))
         tps, _ = _mean_std([f.get("tokens_per_s") for f in finals])
         mem = max((f["peak_mem_bytes"] for f in finals if f.get("peak_mem_bytes")), default=None)
         rows.append(dict(recipe=recipe, seeds=len(seeds), finished=len(finals), val_mean=mean,
-                         val_std=std, events=sum(len(r.events) for r in seeds), tokens_per_s=tps,
+                         val_std=std, best_mean=best_mean, best_std=best_std, overfit=overfit, events=sum(len(r.events) for r in seeds), tokens_per_s=tps,
                          peak_mem_bytes=mem, device=finals[0].get("device_name") if finals else None,
                          tokens=max((r.train[-1]["tokens"] for r in seeds if r.train), default=0)))
     base = next((r for r in rows if r["recipe"] == baseline), None)
@@ -70,6 +75,8 @@ def verdict(rows: list[dict], baseline: str, device: str | None) -> str:
             word = "diverged against"
         elif abs(gap) <= MATCH_PCT:
             word = "matches"
+        elif gap < 0:
+            word = "beats"
         elif gap <= CLOSE_PCT:
             word = "is close to"
         else:
@@ -88,6 +95,11 @@ def verdict(rows: list[dict], baseline: str, device: str | None) -> str:
         )
     if not parts:
         return f"Only {baseline} has results so far."
+    overfit = sum(r["overfit"] for r in rows)
+    if overfit:
+        parts.insert(0, f"Caution: in {overfit} of {sum(r['seeds'] for r in rows)} runs the validation "
+                        f"loss ended more than {OVERFIT_PCT:g}% above its minimum (overfitting), so the "
+                        "final loss mixes precision with memorization; compare the best validation loss.")
     return " ".join(parts)
 
 
@@ -96,18 +108,19 @@ def _fmt(x, spec, suffix=""):
 
 
 def table_markdown(rows: list[dict], baseline: str) -> str:
-    head = ("| recipe | seeds | final val loss (mean ± std) | gap to " + baseline +
+    head = ("| recipe | seeds | final val loss (mean ± std) | best val loss (mean ± std) | gap to " + baseline +
             " (%) | divergence events | tokens/s | peak memory (MiB) | overhead vs " + baseline + " |")
-    lines = [head, "|" + "---|" * 8]
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
         val = "n/a" if r["val_mean"] is None else f"{r['val_mean']:.4f} ± {r['val_std']:.4f}"
+        best = "n/a" if r["best_mean"] is None else f"{r['best_mean']:.4f} ± {r['best_std']:.4f}"
         gap = "—" if r["recipe"] == baseline else _fmt(r["gap_pct"], "+.2f")
         if r["gap_std_pct"] and r["seeds"] > 1:
             gap += f" ± {r['gap_std_pct']:.2f}"
         mem = None if r["peak_mem_bytes"] is None else r["peak_mem_bytes"] / 2**20
         over = "—" if r["recipe"] == baseline else _fmt(r["overhead_pct"], "+.0f", "%")
         unfinished = "" if r["finished"] == r["seeds"] else f" ({r['finished']} finished)"
-        lines.append(f"| {r['recipe']} | {r['seeds']}{unfinished} | {val} | {gap} | {r['events']} | "
+        lines.append(f"| {r['recipe']} | {r['seeds']}{unfinished} | {val} | {best} | {gap} | {r['events']} | "
                      f"{_fmt(r['tokens_per_s'], ',.0f')} | {_fmt(mem, ',.0f')} | {over} |")
     return "\n".join(lines)
 
@@ -131,7 +144,8 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
     context = (f"Preset `{plan['preset']}`, {len(runs)} recipes x {plan['seeds']} seed(s), "
                f"{tokens:,} training tokens per run, data `{plan['data']}`, device {device}. "
                f"Written {when}.")
-    notes = (f"Gap = 100 x (final validation loss / {baseline}'s with the same seed - 1); "
+    notes = (f"Gap = 100 x (final validation loss / {baseline}'s with the same seed - 1); best val loss "
+             "= the lowest of a run's evaluations (what nanoGPT reports); "
              f"overhead = {baseline}'s tokens/s / the recipe's - 1. Tokens/s skips the first tenth "
              "of each run. On CPU the low-precision formats are emulated, so CPU speed says nothing "
              "about GPU speed; peak memory on CPU is the process's peak resident set. Verdict "
@@ -151,7 +165,7 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
 
 def _html(name, context, sentence, rows, baseline, notes, pngs) -> str:
     e = html.escape
-    head = ["recipe", "seeds", "final val loss (mean ± std)", f"gap to {baseline} (%)",
+    head = ["recipe", "seeds", "final val loss (mean ± std)", "best val loss (mean ± std)", f"gap to {baseline} (%)",
             "divergence events", "tokens/s", "peak memory (MiB)", f"overhead vs {baseline}"]
     body = []
     for line in table_markdown(rows, baseline).splitlines()[2:]:

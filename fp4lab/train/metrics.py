@@ -16,12 +16,22 @@ METRICS_NAME = "metrics.jsonl"
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """All complete rows of a metrics file (a torn last line from a killed run is skipped)."""
+    """All complete rows of a metrics file (a torn last line from a killed run is skipped).
+
+    A missing ``metrics.jsonl`` is looked for as ``metrics.jsonl.xz`` (how studies/ commits them).
+    """
     rows = []
     path = Path(path)
-    if not path.is_file():
+    packed = path.with_name(path.name + ".xz")
+    if path.is_file():
+        text = path.read_text()
+    elif packed.is_file():
+        import lzma
+
+        text = lzma.decompress(packed.read_bytes()).decode()
+    else:
         return rows
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:

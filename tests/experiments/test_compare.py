@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from fp4lab.experiments.compare import parse_recipes, run_dir_name
-from fp4lab.experiments.report import summarize_recipes, verdict
+from fp4lab.experiments.report import summarize_recipes, table_markdown, verdict
 from fp4lab.experiments.runs import Run
 
 
@@ -77,6 +77,20 @@ def test_table_and_verdict_are_computed_from_the_numbers():
     text = verdict(list(rows.values()), "bf16", "testcpu")
     assert "nvfp4 is worse than bf16" in text and "+4.00%" in text and "0.50x bf16's tokens/s" in text
     assert "fp8 matches bf16" in text and "0.80x" in text
+
+
+def test_overfitting_runs_get_a_caution_and_the_best_val_column():
+    # bf16 memorizes (val 1.5 -> 1.9), nvfp4 less: its final gap is negative, its best val is close
+    runs = {"bf16": [_run("bf16", 0, [2.0, 1.5, 1.9], 1000)],
+            "nvfp4": [_run("nvfp4", 0, [2.0, 1.51, 1.7], 700)]}
+    rows = summarize_recipes(runs, "bf16")
+    assert [r["best_mean"] for r in rows] == [1.5, 1.51] and [r["overfit"] for r in rows] == [1, 1]
+    text = verdict(rows, "bf16", "testcpu")
+    assert text.startswith("Caution: in 2 of 2 runs") and "nvfp4 beats bf16" in text
+    table = table_markdown(rows, "bf16")
+    assert "best val loss" in table and "| 1.5100 ± 0.0000 |" in table
+    calm = summarize_recipes({"bf16": [_run("bf16", 0, [2.0, 1.5], 1)], "fp8": [_run("fp8", 0, [2.0, 1.5], 1)]}, "bf16")
+    assert "Caution" not in verdict(calm, "bf16", None)
 
 
 def test_gap_plot_band_across_seeds():

@@ -27,3 +27,16 @@ def test_metrics_log_drops_rows_after_the_checkpoint(tmp_path):
     log = MetricsLog(path, resume_step=3)
     log.close()
     assert [r["step"] for r in read_metrics(path)] == [1, 2, 3]
+
+
+def test_read_metrics_falls_back_to_xz(tmp_path):
+    import json
+    import lzma
+
+    rows = [{"type": "train", "step": i, "loss": 1.0 / (i + 1)} for i in range(5)]
+    text = "\n".join(json.dumps(r) for r in rows) + "\n{\"torn"
+    (tmp_path / "metrics.jsonl.xz").write_bytes(lzma.compress(text.encode()))
+    assert read_metrics(tmp_path / "metrics.jsonl") == rows
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")  # the plain file wins
+    assert read_metrics(tmp_path / "metrics.jsonl") == rows[:1]
+    assert read_metrics(tmp_path / "other.jsonl") == []
