@@ -103,7 +103,7 @@ def _add_train_commands(sub) -> None:
     p.add_argument("--out", required=True, help="run directory (metrics.jsonl, checkpoint.pt, model/)")
     p.add_argument("--steps", type=int, help="optimizer steps (overrides --tokens)")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights and data order")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt, bit-identically")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (bit-identical on CPU)")
     p.add_argument("--max-steps", type=int, help="stop after N steps without changing the schedule")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="rich progress bar (default: when stderr is a terminal)")
