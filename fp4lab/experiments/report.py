@@ -2,8 +2,10 @@
 
 Every number and the verdict sentence are computed from the runs' metrics; nothing is hand-written.
 Verdict thresholds (fp4lab's choice, stated in the report): a final validation-loss gap of at most
-1% is "matches", at most 3% "close to", more is "worse than" the baseline; a gap smaller than
-the baseline's seed-to-seed spread (std) is called "within seed noise".
+1% is "matches", at most 3% "close to", more is "worse than" the baseline (below -1%: "beats"); a
+gap smaller than the baseline's seed-to-seed spread (std) is called "within seed noise". When a run's
+validation loss ends more than 2% above its own minimum (overfitting), the verdict says so first and
+the table's best-validation-loss column is the fairer comparison.
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ def summarize_recipes(runs: dict, baseline: str) -> list[dict]:
         tps, _ = _mean_std([f.get("tokens_per_s") for f in finals])
         mem = max((f["peak_mem_bytes"] for f in finals if f.get("peak_mem_bytes")), default=None)
         rows.append(dict(recipe=recipe, seeds=len(seeds), finished=len(finals), val_mean=mean,
-                         val_std=std, best_mean=best_mean, best_std=best_std, overfit=overfit, events=sum(len(r.events) for r in seeds), tokens_per_s=tps,
+                         val_std=std, best_mean=best_mean, best_std=best_std, overfit=overfit,
+                         events=sum(len(r.events) for r in seeds), tokens_per_s=tps,
                          peak_mem_bytes=mem, device=finals[0].get("device_name") if finals else None,
                          tokens=max((r.train[-1]["tokens"] for r in seeds if r.train), default=0)))
     base = next((r for r in rows if r["recipe"] == baseline), None)
