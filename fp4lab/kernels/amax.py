@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fp4lab.kernels.numerics import load_tile, reduce_amax_bits
+from fp4lab.kernels.numerics import load_tile, reduce_amax_bits, tile_coords
 
 # 8192 elements per program and iteration: with 8 warps each thread keeps four 16-byte loads in flight
 # (the 4096 of the 2026-11-22 run kept two and reached 54-69% of copy bandwidth); 46 registers, so
@@ -46,12 +46,7 @@ def _amax_rht_kernel(x_ptr, stride_r, stride_c, R, C, parts_ptr, n_tiles_r, n_ti
     nprog = tl.num_programs(0)
     acc = tl.zeros([BR, BC], dtype=tl.int32)
     for tile in range(pid, n_tiles_r * n_tiles_c, nprog):
-        if TILES_C_MAJOR:
-            tr = tile % n_tiles_r
-            tc = tile // n_tiles_r
-        else:
-            tr = tile // n_tiles_c
-            tc = tile % n_tiles_c
+        tr, tc = tile_coords(tile, n_tiles_r, n_tiles_c, TILES_C_MAJOR)
         t = load_tile(x_ptr, stride_r, stride_c, R, C, tr * BR, tc * BC, BR, BC, True, DOT_FP32, 0)
         acc = tl.maximum(acc, tl.abs(t).to(tl.int32, bitcast=True))
     tl.store(parts_ptr + pid, tl.max(tl.max(acc, axis=1), axis=0))

@@ -11,7 +11,7 @@ import triton.language as tl
 
 from fp4lab import formats
 from fp4lab.kernels.numerics import (
-    e2m1_encode, e2m1_round, e2m1_value, fdiv, load_tile, round_to_bf16, uniform_tile,
+    e2m1_encode, e2m1_round, e2m1_value, fdiv, load_tile, round_to_bf16, tile_coords, uniform_tile,
 )
 from fp4lab.kernels.nvfp4 import ROUNDINGS, _logical_view, _reference_operand, _stochastic_seed, _tl_dtype, interpreting
 from fp4lab.formats._checks import check_input
@@ -58,12 +58,7 @@ def _mxfp4_fake_kernel(
     INNER_DTYPE: tl.constexpr, TILES_C_MAJOR: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    if TILES_C_MAJOR:
-        tr = pid % n_tiles_r
-        tc = pid // n_tiles_r
-    else:
-        tr = pid // n_tiles_c
-        tc = pid % n_tiles_c
+    tr, tc = tile_coords(pid, n_tiles_r, n_tiles_c, TILES_C_MAJOR)
     r0 = tr * BR
     c0 = tc * BC
     t = load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0, BR, BC, RHT, DOT_FP32, 0)

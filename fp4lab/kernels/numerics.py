@@ -146,6 +146,18 @@ def rht_rows(t, BR: tl.constexpr, BC: tl.constexpr, DOT_FP32: tl.constexpr):
 
 
 @triton.jit
+def tile_coords(idx, n_tiles_r, n_tiles_c, TILES_C_MAJOR: tl.constexpr):
+    """(row tile, column tile) of tile number idx, column-major (neighbours share columns) or row-major."""
+    if TILES_C_MAJOR:
+        tr = idx % n_tiles_r
+        tc = idx // n_tiles_r
+    else:
+        tr = idx // n_tiles_c
+        tc = idx % n_tiles_c
+    return tr, tc
+
+
+@triton.jit
 def load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0,
               BR: tl.constexpr, BC: tl.constexpr, RHT: tl.constexpr, DOT_FP32: tl.constexpr,
               VEC_R: tl.constexpr):

@@ -21,7 +21,7 @@ from fp4lab.formats._checks import check_input
 from fp4lab.kernels.amax import amax_partials, amax_partials_rht
 from fp4lab.kernels.numerics import (
     FP32_MAX, e2m1_encode, e2m1_round, e2m1_value, e4m3_encode, e4m3_value, fdiv, load_tile, reduce_amax_bits,
-    round_to_bf16, uniform_tile,
+    round_to_bf16, tile_coords, uniform_tile,
 )
 
 ORDERS = {"torchao": 0, "te": 1, "compressed-tensors": 2}
@@ -89,13 +89,7 @@ def _nvfp4_kernel(
     BR: tl.constexpr, BC: tl.constexpr, VEC_R: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    idx = n_tiles_r * n_tiles_c - 1 - pid
-    if TILES_C_MAJOR:
-        tr = idx % n_tiles_r
-        tc = idx // n_tiles_r
-    else:
-        tr = idx // n_tiles_c
-        tc = idx % n_tiles_c
+    tr, tc = tile_coords(n_tiles_r * n_tiles_c - 1 - pid, n_tiles_r, n_tiles_c, TILES_C_MAJOR)
     r0 = tr * BR
     c0 = tc * BC
 

@@ -199,8 +199,8 @@ _COMPILED: dict = {}
 
 def _fp8_tensor_fake(src: torch.Tensor, fmt: str, dtype: torch.dtype) -> torch.Tensor:
     """formats.quantize_fp8(granularity="tensor") -> dequantize, as eager ops around the one-pass
-    Triton amax. The compiled reference's dynamic-shape global amax ran as a single-program
-    reduction (about 5 ms per operand on an H100), which made FP8 runs 10x slower than BF16."""
+    Triton amax. With the compiled reference instead, FP8 training ran 6-8x slower than NVFP4 and
+    BF16 on an H100 (studies/gutenberg/README.md), which points at its dynamic-shape global amax."""
     from fp4lab.formats.fp8 import FP8_DTYPES, FP8_MAX
 
     if src.numel() == 0:
