@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from fp4lab.export.checkpoint import PackedWeight
-from fp4lab.formats.e2m1 import pack_e2m1
+from fp4lab.formats.e2m1 import E2M1_VALUES, pack_e2m1
 from fp4lab.ptq.weights import (
     choose_nvfp4_scales,
     fp8_encode,
@@ -53,8 +53,9 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, scheme: str, *, global_amax=
         def choose(wg):
             return choose_nvfp4_scales(wg, G, four_over_six)
 
-        def encode(col, s):
-            return nvfp4_encode(col.unsqueeze(-1).expand(-1, 16), s, G)  # s: [rows, 1]
+        def steps(s):  # (divide by, multiply the grid value by) per row, as nvfp4_encode; a zero scale decodes to 0
+            d = s.float() / G
+            return torch.where(d == 0, 1.0, d), d
         scale_dtype = torch.float8_e4m3fn
     elif scheme == "mxfp4":
         if four_over_six:
@@ -62,8 +63,9 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, scheme: str, *, global_amax=
         group = 32
         choose = mxfp4_scale_bytes
 
-        def encode(col, s):
-            return mxfp4_encode(col.unsqueeze(-1).expand(-1, 32), s)
+        def steps(s):  # as mxfp4_encode: divide by 2^(e-127) (at least 2^-126), decode with 2^(e-127)
+            e = s.to(torch.int32)
+            return (e << 23).view(torch.float32).clamp(min=2.0**-126), torch.exp2(e.float() - 127)
         scale_dtype = torch.uint8
     elif scheme == "fp8":
         group = 0
@@ -73,7 +75,11 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, scheme: str, *, global_amax=
     if group and (cols % group or block_size % group):
         raise ValueError(f"gptq: in_features {cols} and block_size {block_size} must be multiples of {group}")
 
-    stored = torch.zeros(rows, cols, dtype=torch.uint8 if group else torch.float8_e4m3fn, device=W.device)
+    # Per column only the decoded value is needed (for the error feedback); the codes are encoded once at the
+    # end from the values each column had when it was quantized, with the same scales, so they match.
+    edges = _E2M1_EDGES.to(W.device)
+    grid = E2M1_VALUES[:8].to(W.device)
+    seen = torch.zeros_like(W)
     scales = torch.zeros(rows, cols // group if group else 0, dtype=scale_dtype if group else torch.float32,
                          device=W.device)
     for i1 in range(0, cols, block_size):
@@ -83,23 +89,30 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, scheme: str, *, global_amax=
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
+            x = W1[:, i]
             if group and col % group == 0:
                 g = choose(W1[:, i:i + group])  # [rows, 1]: the block's scale, from the updated weights
                 scales[:, col // group] = g[:, 0]
+                den, mul = steps(g[:, 0])
+            seen[:, col] = x
             if group:
-                code, deq = encode(W1[:, i], scales[:, col // group].unsqueeze(-1))
-                stored[:, col] = code[:, 0]
-                q = deq[:, 0]
+                y = x / den
+                q = torch.copysign(grid[torch.bucketize(y.abs(), edges)], y) * mul
             else:
-                code, q = fp8_encode(W1[:, i], s_fp8)
-                stored[:, col] = code
-            err = (W1[:, i] - q) / Hinv1[i, i]
+                q = fp8_encode(x, s_fp8)[1]
+            err = (x - q) / Hinv1[i, i]
             W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
     if scheme == "fp8":
-        return PackedWeight(scheme, stored, s_fp8, None, input_scale)
+        return PackedWeight(scheme, fp8_encode(seen, s_fp8)[0], s_fp8, None, input_scale)
     if scheme == "mxfp4":
-        return PackedWeight(scheme, pack_e2m1(stored), scales)
-    return PackedWeight(scheme, pack_e2m1(stored), scales, G, input_scale)
+        return PackedWeight(scheme, pack_e2m1(mxfp4_encode(seen, scales)[0]), scales)
+    return PackedWeight(scheme, pack_e2m1(nvfp4_encode(seen, scales, G)[0]), scales, G, input_scale)
+
+
+# round_to_e2m1's magnitude bins as one bucketize (counts the edges strictly below |y|): an edge that
+# round_to_e2m1 takes with '>=' (the ties that go up to an even code) is moved one float below itself
+_E2M1_EDGES = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
+_E2M1_EDGES[1::2] = torch.nextafter(_E2M1_EDGES[1::2], torch.zeros(3))
