@@ -41,16 +41,16 @@ def input_quantizer(w: PackedWeight):
     """A forward pre-hook that fake-quantizes a layer's input with the checkpoint's static scale, or None."""
     if w.scheme == "nvfp4":
         from fp4lab.export.scales import amax_for_encode_scale
-        from fp4lab.formats import quantize_nvfp4
+        from fp4lab.kernels import fake_quantize_nvfp4
 
         amax = amax_for_encode_scale(w.input_scale)
         if amax is None:  # a foreign scale with no exact amax: the nearest one decodes within an ulp
             amax = torch.tensor(2688.0) / w.input_scale
 
-        def hook(module, args):
+        def hook(module, args):  # the fused Triton kernel on CUDA (no host sync), fp4lab.formats elsewhere
             x = args[0]
-            t = quantize_nvfp4(x, global_amax=amax.to(x.device), scale_order="compressed-tensors")
-            return (t.dequantize(x.dtype),) + tuple(args[1:])
+            return (fake_quantize_nvfp4(x, global_amax=amax.to(x.device), scale_order="compressed-tensors"),
+                    ) + tuple(args[1:])
 
         return hook
     if w.scheme == "fp8":

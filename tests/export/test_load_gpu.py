@@ -19,3 +19,21 @@ def test_cuda_load_uses_the_kernel_and_matches_the_dense_path(tiny_llama, calib_
     a, b = kern(x).logits.float(), dense(x).logits.float()
     # BF16 GEMMs with different accumulation orders: equal to BF16 rounding, not bit for bit
     assert torch.allclose(a, b, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.gpu
+def test_w4a4_input_hook_on_cuda_equals_the_reference():
+    """The activation fake-quantize of a W4A4 layer runs the Triton kernel on CUDA, bit-exact with fp4lab.formats."""
+    from fp4lab.export.checkpoint import PackedWeight
+    from fp4lab.export.load import input_quantizer
+    from fp4lab.export.scales import ct_encode_scale, exportable_amax
+    from fp4lab.formats import quantize_nvfp4
+
+    x = torch.randn(3, 50, 64, device="cuda", dtype=torch.bfloat16) * 4
+    x[0, 0, :16] = 0
+    amax = exportable_amax(torch.tensor(9.0))
+    w = PackedWeight("nvfp4", torch.zeros(8, 32, dtype=torch.uint8), torch.ones(8, 4), torch.tensor(1.0),
+                     ct_encode_scale(amax))
+    got = input_quantizer(w)(None, (x,))[0]
+    ref = quantize_nvfp4(x, global_amax=amax.cuda(), scale_order="compressed-tensors").dequantize(x.dtype)
+    assert got.dtype == x.dtype and torch.equal(got, ref)
