@@ -16,9 +16,15 @@ def test_cuda_load_uses_the_kernel_and_matches_the_dense_path(tiny_llama, calib_
     dense = load_quantized(out, device="cuda", use_kernel=False)
     assert type(kern.model.layers[0].mlp.up_proj).__name__ == "NVFP4Linear"
     x = torch.randint(0, 256, (2, 40), device="cuda")
-    a, b = kern(x).logits.float(), dense(x).logits.float()
-    # BF16 GEMMs with different accumulation orders: equal to BF16 rounding, not bit for bit
-    assert torch.allclose(a, b, rtol=3e-2, atol=3e-2)
+    if scheme == "nvfp4a16":
+        a, b = kern(x).logits.float(), dense(x).logits.float()
+        # BF16 GEMMs with different accumulation orders: equal to BF16 rounding, not bit for bit
+        assert torch.allclose(a, b, rtol=3e-2, atol=3e-2)
+    # W4A4: a BF16 rounding difference upstream can move an activation across an FP4 rounding boundary,
+    # which whole-model logits amplify; so compare one layer, on the same input, hook included
+    h = torch.randn(2, 40, kern.config.hidden_size, device="cuda", dtype=torch.bfloat16)
+    a, b = kern.model.layers[0].mlp.up_proj(h).float(), dense.model.layers[0].mlp.up_proj(h).float()
+    assert torch.allclose(a, b, rtol=2e-2, atol=2e-2), (a - b).abs().max()
 
 
 @pytest.mark.gpu
