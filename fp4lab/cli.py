@@ -94,7 +94,7 @@ def _add_train_commands(sub) -> None:
     def report_cmd(args):
         from fp4lab.experiments import write_report
 
-        md, page = write_report(args.run_dir)
+        md, page = write_report(args.run_dir, speed=False if args.no_speed else None)
         print(f"wrote {md} and {page}")
 
     p = sub.add_parser("train", help="train one model (torchrun --nproc_per_node N -m fp4lab train for DDP/FSDP2)")
@@ -122,6 +122,8 @@ def _add_train_commands(sub) -> None:
 
     p = sub.add_parser("report", help="report.md + report.html for a comparison directory")
     p.add_argument("run_dir", help="the --out of `fp4lab compare`")
+    p.add_argument("--no-speed", action="store_true",
+                   help="leave tokens/s out (automatic when compare ran several jobs on one GPU)")
     p.set_defaults(func=report_cmd)
 
 

@@ -74,13 +74,19 @@ def compare(*, preset: str, recipes: list[str], seeds: int, out: str | Path, dat
     data_dir = Path(data) if data else default_data_dir()
     plan = dict(preset=preset, recipes=recipes, seeds=seeds, tokens=tokens, data=str(data_dir),
                 train_args=train_args, nproc_per_node=nproc_per_node)  # jobs does not change results
+    n_jobs = jobs if jobs is not None else default_jobs(train_args, nproc_per_node)
     plan_path = out / PLAN_NAME
     if plan_path.is_file():
         old = json.loads(plan_path.read_text())
+        shared = old.pop("shared_device", False)
         if old != plan:
             diffs = [k for k in plan if old.get(k) != plan[k]]
             raise ValueError(f"{out} holds a comparison with different settings ({', '.join(diffs)}); "
                              "rerun with the same settings to resume it, or choose another --out")
+        plan["shared_device"] = shared
+    if n_jobs > 1 and not _on_cpu(train_args):
+        # runs sharing one GPU time-slice it: their tokens/s measure the sharing, so the report leaves them out
+        plan["shared_device"] = True
     out.mkdir(parents=True, exist_ok=True)
     plan_path.write_text(json.dumps(plan, indent=2) + "\n")
 
@@ -97,7 +103,7 @@ def compare(*, preset: str, recipes: list[str], seeds: int, out: str | Path, dat
                 continue
             argv = launcher + _train_argv(preset, data_dir, recipe, seed, tokens, run, train_args)
             pending.append((f"{recipe} seed {seed}", run, argv))
-    _run_all(pending, jobs if jobs is not None else default_jobs(train_args, nproc_per_node))
+    _run_all(pending, n_jobs)
     if report:
         from fp4lab.experiments.report import write_report
 
@@ -105,15 +111,18 @@ def compare(*, preset: str, recipes: list[str], seeds: int, out: str | Path, dat
     return out
 
 
+def _on_cpu(train_args: dict) -> bool:
+    import torch
+
+    return train_args.get("device") == "cpu" or not torch.cuda.is_available()
+
+
 def default_jobs(train_args: dict, nproc_per_node: int) -> int:
     """Runs at a time: one per CPU core (1 thread each) on CPU, one at a time on GPU.
 
     The emulated formats are many small tensor ops, for which 2 single-threaded processes on
     2 cores beat one process with 2 threads by far (no OpenMP hand-offs per op)."""
-    import torch
-
-    on_cpu = train_args.get("device") == "cpu" or not torch.cuda.is_available()
-    if not on_cpu or nproc_per_node > 1:
+    if not _on_cpu(train_args) or nproc_per_node > 1:
         return 1
     return max(1, os.cpu_count() or 1)
 

@@ -128,12 +128,19 @@ def table_markdown(rows: list[dict], baseline: str) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: str | Path) -> tuple[Path, Path]:
-    """Write plots/*.png, report.md and report.html into ``out``; returns the two report paths."""
+def write_report(out: str | Path, speed: bool | None = None) -> tuple[Path, Path]:
+    """Write plots/*.png, report.md and report.html into ``out``; returns the two report paths.
+
+    speed=False leaves tokens/s out (default: out when the plan says the runs shared one GPU)."""
     out = Path(out)
     plan, runs = load_comparison(out)
     baseline = "bf16" if "bf16" in runs else next(iter(runs))
     rows = summarize_recipes(runs, baseline)
+    if speed is None:
+        speed = not plan.get("shared_device", False)
+    if not speed:
+        for r in rows:
+            r["tokens_per_s"] = r["overhead_pct"] = None
     device = next((r["device"] for r in rows if r["device"]), None)
     sentence = verdict(rows, baseline, device)
     pngs = {"loss.png": loss_plot(runs), "gap.png": gap_plot(runs, baseline),
@@ -153,6 +160,9 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
              "of each run. On CPU the low-precision formats are emulated, so CPU speed says nothing "
              "about GPU speed; peak memory on CPU is the process's peak resident set. Verdict "
              f"thresholds: |gap| <= {MATCH_PCT:g}% matches, <= {CLOSE_PCT:g}% is close.")
+    if not speed:
+        notes += (" Tokens/s is not reported: the runs shared one GPU, so their speeds measure the sharing, "
+                  "not the recipe.")
     table = table_markdown(rows, baseline)
     md = [f"# fp4lab comparison: {out.name}", "", context, "", f"**Verdict:** {sentence}", "", table,
           "", notes, ""]

@@ -101,3 +101,45 @@ def test_gap_plot_band_across_seeds():
     tokens, gaps = gap_series(runs["bf16"], runs["nvfp4"])
     assert tokens.tolist() == [100, 200] and gaps.round(6).tolist() == [[10.0, 10.0], [0.0, 5.0]]
     assert gap_plot(runs, "bf16")[:4] == b"\x89PNG"
+
+
+def _write_comparison(out, plan_extra):
+    plan = dict(preset="tiny", recipes=["bf16", "nvfp4"], seeds=1, tokens=200, data="d", train_args={},
+                nproc_per_node=1, **plan_extra)
+    out.mkdir(parents=True)
+    (out / "compare.json").write_text(json.dumps(plan))
+    for recipe, tps, vals in [("bf16", 1000.0, [3.0, 2.0]), ("nvfp4", 400.0, [3.0, 2.01])]:
+        d = out / recipe / "seed0"
+        d.mkdir(parents=True)
+        rows = [dict(type="val", step=i + 1, tokens=(i + 1) * 100, val_loss=v) for i, v in enumerate(vals)]
+        rows += [dict(type="train", step=i + 1, tokens=(i + 1) * 100, loss=v, grad_norm=1.0) for i, v in enumerate(vals)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (d / "final.json").write_text(json.dumps(dict(tokens_per_s=tps, peak_mem_bytes=2**20, device_name="gpu")))
+
+
+def test_report_leaves_out_speed_when_the_runs_shared_a_gpu(tmp_path):
+    from fp4lab.experiments.report import write_report
+
+    _write_comparison(tmp_path / "solo", {})
+    md = write_report(tmp_path / "solo")[0].read_text()
+    assert "0.40x bf16's tokens/s" in md and "| 400 |" in md
+    _write_comparison(tmp_path / "shared", {"shared_device": True})
+    for md in (write_report(tmp_path / "shared")[0].read_text(), write_report(tmp_path / "solo", speed=False)[0].read_text()):
+        assert "tokens/s is not reported" in md.lower() and "x bf16's tokens/s" not in md and "| 400 |" not in md
+        assert "nvfp4 matches bf16" in md and "| 1 |" in md  # the rest of the report stays (peak memory 1 MiB)
+
+
+def test_compare_marks_runs_sharing_a_gpu_and_still_resumes(tmp_path, monkeypatch):
+    import importlib
+
+    cmp = importlib.import_module("fp4lab.experiments.compare")  # the module; the package exports the function
+
+    monkeypatch.setattr(cmp, "_run_all", lambda pending, jobs: None)
+    monkeypatch.setattr(cmp, "_on_cpu", lambda train_args: False)
+    kw = dict(preset="tiny", recipes=["bf16"], seeds=1, out=tmp_path / "c", data=str(tmp_path), report=False)
+    cmp.compare(**kw, jobs=1)
+    assert "shared_device" not in json.loads((tmp_path / "c" / "compare.json").read_text())
+    cmp.compare(**kw, jobs=3)
+    assert json.loads((tmp_path / "c" / "compare.json").read_text())["shared_device"] is True
+    cmp.compare(**kw, jobs=1)  # resuming alone keeps the mark: earlier runs shared the GPU
+    assert json.loads((tmp_path / "c" / "compare.json").read_text())["shared_device"] is True
