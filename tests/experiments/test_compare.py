@@ -112,7 +112,8 @@ def _write_comparison(out, plan_extra):
         d = out / recipe / "seed0"
         d.mkdir(parents=True)
         rows = [dict(type="val", step=i + 1, tokens=(i + 1) * 100, val_loss=v) for i, v in enumerate(vals)]
-        rows += [dict(type="train", step=i + 1, tokens=(i + 1) * 100, loss=v, grad_norm=1.0) for i, v in enumerate(vals)]
+        rows += [dict(type="train", step=i + 1, tokens=(i + 1) * 100, loss=v, grad_norm=1.0)
+                 for i, v in enumerate(vals)]
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (d / "final.json").write_text(json.dumps(dict(tokens_per_s=tps, peak_mem_bytes=2**20, device_name="gpu")))
 
@@ -124,7 +125,8 @@ def test_report_leaves_out_speed_when_the_runs_shared_a_gpu(tmp_path):
     md = write_report(tmp_path / "solo")[0].read_text()
     assert "0.40x bf16's tokens/s" in md and "| 400 |" in md
     _write_comparison(tmp_path / "shared", {"shared_device": True})
-    for md in (write_report(tmp_path / "shared")[0].read_text(), write_report(tmp_path / "solo", speed=False)[0].read_text()):
+    for md in (write_report(tmp_path / "shared")[0].read_text(),
+               write_report(tmp_path / "solo", speed=False)[0].read_text()):
         assert "tokens/s is not reported" in md.lower() and "x bf16's tokens/s" not in md and "| 400 |" not in md
         assert "nvfp4 matches bf16" in md and "| 1 |" in md  # the rest of the report stays (peak memory 1 MiB)
 
