@@ -33,6 +33,37 @@ def _mean_std(xs):
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def tokens_to_reach(run, loss: float) -> float | None:
+    """Tokens at which `run`'s validation loss first falls to `loss` (linear between evaluations), or None."""
+    prev = None
+    for v in run.val:
+        if v["val_loss"] <= loss:
+            if prev is None or prev["val_loss"] == v["val_loss"]:
+                return float(v["tokens"])
+            f = (prev["val_loss"] - loss) / (prev["val_loss"] - v["val_loss"])
+            return prev["tokens"] + f * (v["tokens"] - prev["tokens"])
+        prev = v
+    return None
+
+
+def token_ratio(base_runs, runs_r) -> list[float]:
+    """Per seed: the tokens a recipe needed to reach its best validation loss / the tokens the baseline
+    (same seed) needed to reach that loss; the paper's "needs N% more tokens" measure. The best loss, not
+    the final one, so a baseline that overfits is not credited for passing that loss on its way down.
+    Seeds whose baseline never gets that low are left out."""
+    base_by_seed = {r.seed: r for r in base_runs}
+    ratios = []
+    for run in runs_r:
+        base = base_by_seed.get(run.seed)
+        if base is None or not run.val or not base.val:
+            continue
+        best = min(v["val_loss"] for v in run.val)
+        t = tokens_to_reach(base, best)
+        if t:
+            ratios.append(tokens_to_reach(run, best) / t)
+    return ratios
+
+
 def summarize_recipes(runs: dict, baseline: str) -> list[dict]:
     """One row per recipe: final val loss mean/std, gap %, events, tokens/s, peak memory, overhead."""
     rows = []
@@ -53,9 +84,10 @@ def summarize_recipes(runs: dict, baseline: str) -> list[dict]:
                          tokens=max((r.train[-1]["tokens"] for r in seeds if r.train), default=0)))
     base = next((r for r in rows if r["recipe"] == baseline), None)
     for row in rows:
-        row["gap_pct"] = row["gap_std_pct"] = row["overhead_pct"] = None
+        row["gap_pct"] = row["gap_std_pct"] = row["overhead_pct"] = row["token_ratio"] = None
         if base is None or row is base:
             continue
+        row["token_ratio"] = _mean_std(token_ratio(runs[baseline], runs[row["recipe"]]))[0]
         _, gaps = gap_series(runs[baseline], runs[row["recipe"]])
         if gaps.size:
             final = gaps[:, -1].tolist()
@@ -112,8 +144,9 @@ def _fmt(x, spec, suffix=""):
 
 def table_markdown(rows: list[dict], baseline: str) -> str:
     head = ("| recipe | seeds | final val loss (mean ± std) | best val loss (mean ± std) | gap to " + baseline +
-            " (%) | divergence events | tokens/s | peak memory (MiB) | overhead vs " + baseline + " |")
-    lines = [head, "|" + "---|" * 9]
+            " (%) | tokens for the same loss | divergence events | tokens/s | peak memory (MiB) | overhead vs "
+            + baseline + " |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         val = "n/a" if r["val_mean"] is None else f"{r['val_mean']:.4f} ± {r['val_std']:.4f}"
         best = "n/a" if r["best_mean"] is None else f"{r['best_mean']:.4f} ± {r['best_std']:.4f}"
@@ -123,7 +156,8 @@ def table_markdown(rows: list[dict], baseline: str) -> str:
         mem = None if r["peak_mem_bytes"] is None else r["peak_mem_bytes"] / 2**20
         over = "—" if r["recipe"] == baseline else _fmt(r["overhead_pct"], "+.0f", "%")
         unfinished = "" if r["finished"] == r["seeds"] else f" ({r['finished']} finished)"
-        lines.append(f"| {r['recipe']} | {r['seeds']}{unfinished} | {val} | {best} | {gap} | {r['events']} | "
+        same = "—" if r["recipe"] == baseline else _fmt(r.get("token_ratio"), ".2f", "x")
+        lines.append(f"| {r['recipe']} | {r['seeds']}{unfinished} | {val} | {best} | {gap} | {same} | {r['events']} | "
                      f"{_fmt(r['tokens_per_s'], ',.0f')} | {_fmt(mem, ',.0f')} | {over} |")
     return "\n".join(lines)
 
@@ -155,7 +189,9 @@ def write_report(out: str | Path, speed: bool | None = None) -> tuple[Path, Path
                f"{tokens:,} training tokens per run, data `{plan['data']}`, device {device}. "
                f"Written {when}.")
     notes = (f"Gap = 100 x (final validation loss / {baseline}'s with the same seed - 1); best val loss "
-             "= the lowest of a run's evaluations (what nanoGPT reports); "
+             "= the lowest of a run's evaluations (what nanoGPT reports); tokens for the same loss = the "
+             f"tokens the recipe needed to reach its best validation loss / the tokens {baseline} (same seed) "
+             f"needed to reach it (n/a when {baseline} never got that low); "
              f"overhead = {baseline}'s tokens/s / the recipe's - 1. Tokens/s skips the first tenth "
              "of each run. On CPU the low-precision formats are emulated, so CPU speed says nothing "
              "about GPU speed; peak memory on CPU is the process's peak resident set. Verdict "
@@ -179,7 +215,8 @@ def write_report(out: str | Path, speed: bool | None = None) -> tuple[Path, Path
 def _html(name, context, sentence, rows, baseline, notes, pngs) -> str:
     e = html.escape
     head = ["recipe", "seeds", "final val loss (mean ± std)", "best val loss (mean ± std)", f"gap to {baseline} (%)",
-            "divergence events", "tokens/s", "peak memory (MiB)", f"overhead vs {baseline}"]
+            "tokens for the same loss", "divergence events", "tokens/s", "peak memory (MiB)",
+            f"overhead vs {baseline}"]
     body = []
     for line in table_markdown(rows, baseline).splitlines()[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]

@@ -145,3 +145,23 @@ def test_compare_marks_runs_sharing_a_gpu_and_still_resumes(tmp_path, monkeypatc
     assert json.loads((tmp_path / "c" / "compare.json").read_text())["shared_device"] is True
     cmp.compare(**kw, jobs=1)  # resuming alone keeps the mark: earlier runs shared the GPU
     assert json.loads((tmp_path / "c" / "compare.json").read_text())["shared_device"] is True
+
+
+def test_tokens_for_the_same_loss_interpolates_the_baseline_curve():
+    from fp4lab.experiments.report import token_ratio, tokens_to_reach
+
+    base = _run("bf16", 0, [3.0, 2.0, 1.5, 1.2], 1)  # evaluations at 100, 200, 300, 400 tokens
+    assert tokens_to_reach(base, 1.75) == pytest.approx(250.0) and tokens_to_reach(base, 1.0) is None
+    assert tokens_to_reach(base, 3.5) == 100.0
+    slower = _run("nvfp4", 0, [3.0, 2.2, 1.8, 1.5], 1)  # ends at bf16's 300-token loss after 400 tokens
+    better = _run("fp8", 0, [3.0, 2.0, 1.5, 1.1], 1)  # ends below anything bf16 reached: left out
+    assert token_ratio([base], [slower]) == [pytest.approx(400 / 300)]
+    assert token_ratio([base], [better]) == []
+    # a recipe that overfits is measured at its best loss (1.6 after 200 tokens; bf16 got there at 280),
+    # not at its final one, which bf16 passed early on
+    overfit = _run("mxfp4", 0, [3.0, 1.6, 1.9, 2.4], 1)
+    assert token_ratio([base], [overfit]) == [pytest.approx(200 / 280)]
+    rows = {r["recipe"]: r for r in summarize_recipes({"bf16": [base], "nvfp4": [slower], "fp8": [better]}, "bf16")}
+    assert rows["nvfp4"]["token_ratio"] == pytest.approx(4 / 3) and rows["fp8"]["token_ratio"] is None
+    table = table_markdown(list(rows.values()), "bf16")
+    assert "| 1.33x |" in table and "tokens for the same loss" in table
