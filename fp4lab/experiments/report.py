@@ -156,7 +156,7 @@ def table_markdown(rows: list[dict], baseline: str) -> str:
         mem = None if r["peak_mem_bytes"] is None else r["peak_mem_bytes"] / 2**20
         over = "—" if r["recipe"] == baseline else _fmt(r["overhead_pct"], "+.0f", "%")
         unfinished = "" if r["finished"] == r["seeds"] else f" ({r['finished']} finished)"
-        same = "—" if r["recipe"] == baseline else _fmt(r.get("token_ratio"), ".2f", "x")
+        same = "—" if r["recipe"] == baseline else _fmt(r["token_ratio"], ".2f", "x")
         lines.append(f"| {r['recipe']} | {r['seeds']}{unfinished} | {val} | {best} | {gap} | {same} | {r['events']} | "
                      f"{_fmt(r['tokens_per_s'], ',.0f')} | {_fmt(mem, ',.0f')} | {over} |")
     return "\n".join(lines)

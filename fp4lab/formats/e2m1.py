@@ -50,6 +50,12 @@ def round_to_e2m1(y: torch.Tensor, rounding: str = "nearest", generator: torch.G
     return mag.to(torch.uint8) | (torch.signbit(y).to(torch.uint8) << 3)
 
 
+# round_to_e2m1's magnitude bins for torch.bucketize (which counts the edges strictly below |y|): an edge
+# round_to_e2m1 takes with '>=' (the ties that go up to an even code) sits one float below itself
+E2M1_BUCKET_EDGES = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
+E2M1_BUCKET_EDGES[1::2] = torch.nextafter(E2M1_BUCKET_EDGES[1::2], torch.zeros(3))
+
+
 def e2m1_to_float(codes: torch.Tensor) -> torch.Tensor:
     """fp32 values of unpacked E2M1 codes."""
     return E2M1_VALUES.to(codes.device)[codes.long()]

@@ -12,15 +12,17 @@ from __future__ import annotations
 import torch
 
 from fp4lab.export.checkpoint import PackedWeight
-from fp4lab.formats.e2m1 import E2M1_VALUES, pack_e2m1
+from fp4lab.formats.e2m1 import E2M1_BUCKET_EDGES, E2M1_VALUES, pack_e2m1
 from fp4lab.ptq.weights import (
     choose_nvfp4_scales,
     fp8_encode,
     fp8_scale,
     mxfp4_encode,
     mxfp4_scale_bytes,
+    mxfp4_steps,
     nvfp4_encode,
     nvfp4_global,
+    nvfp4_steps,
 )
 
 
@@ -53,19 +55,14 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, scheme: str, *, global_amax=
         def choose(wg):
             return choose_nvfp4_scales(wg, G, four_over_six)
 
-        def steps(s):  # (divide by, multiply the grid value by) per row, as nvfp4_encode; a zero scale decodes to 0
-            d = s.float() / G
-            return torch.where(d == 0, 1.0, d), d
+        def steps(s):
+            return nvfp4_steps(s, G)
         scale_dtype = torch.float8_e4m3fn
     elif scheme == "mxfp4":
         if four_over_six:
             raise ValueError("--four-over-six applies to NVFP4 only")
         group = 32
-        choose = mxfp4_scale_bytes
-
-        def steps(s):  # as mxfp4_encode: divide by 2^(e-127) (at least 2^-126), decode with 2^(e-127)
-            e = s.to(torch.int32)
-            return (e << 23).view(torch.float32).clamp(min=2.0**-126), torch.exp2(e.float() - 127)
+        choose, steps = mxfp4_scale_bytes, mxfp4_steps
         scale_dtype = torch.uint8
     elif scheme == "fp8":
         group = 0
@@ -77,7 +74,7 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, scheme: str, *, global_amax=
 
     # Per column only the decoded value is needed (for the error feedback); the codes are encoded once at the
     # end from the values each column had when it was quantized, with the same scales, so they match.
-    edges = _E2M1_EDGES.to(W.device)
+    edges = E2M1_BUCKET_EDGES.to(W.device)
     grid = E2M1_VALUES[:8].to(W.device)
     seen = torch.zeros_like(W)
     scales = torch.zeros(rows, cols // group if group else 0, dtype=scale_dtype if group else torch.float32,
@@ -111,8 +108,3 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, scheme: str, *, global_amax=
         return PackedWeight(scheme, pack_e2m1(mxfp4_encode(seen, scales)[0]), scales)
     return PackedWeight(scheme, pack_e2m1(nvfp4_encode(seen, scales, G)[0]), scales, G, input_scale)
 
-
-# round_to_e2m1's magnitude bins as one bucketize (counts the edges strictly below |y|): an edge that
-# round_to_e2m1 takes with '>=' (the ties that go up to an even code) is moved one float below itself
-_E2M1_EDGES = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
-_E2M1_EDGES[1::2] = torch.nextafter(_E2M1_EDGES[1::2], torch.zeros(3))

@@ -31,12 +31,18 @@ def nvfp4_encode(x: torch.Tensor, scales: torch.Tensor, G: torch.Tensor) -> tupl
     A zero scale encodes with FLT_MAX (as fp4lab.formats / TE): zeros stay 0, the rest saturate, all decode to 0.
     """
     xb = x.float().unflatten(-1, (-1, NVFP4_BLOCK))
-    divisor = (scales.float() / G).unsqueeze(-1)
-    zero = divisor == 0
-    y = torch.where(zero, xb * FLT_MAX, xb / torch.where(zero, 1.0, divisor)).clamp(-E2M1_MAX, E2M1_MAX)
+    den, divisor = (t.unsqueeze(-1) for t in nvfp4_steps(scales, G))
+    y = torch.where(divisor == 0, xb * FLT_MAX, xb / den).clamp(-E2M1_MAX, E2M1_MAX)
     codes = round_to_e2m1(y.flatten(-2))
     deq = (e2m1_to_float(codes).unflatten(-1, (-1, NVFP4_BLOCK)) * divisor).flatten(-2)
     return codes, deq
+
+
+def nvfp4_steps(scales: torch.Tensor, G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(what x is divided by, what a grid value is multiplied by) per block: fp32(s / G) both, except that
+    a zero scale divides by 1 (and decodes to 0)."""
+    d = scales.float() / G
+    return torch.where(d == 0, 1.0, d), d
 
 
 def choose_nvfp4_scales(x: torch.Tensor, G: torch.Tensor, four_over_six: bool = False) -> torch.Tensor:
@@ -71,11 +77,17 @@ def mxfp4_scale_bytes(x: torch.Tensor) -> torch.Tensor:
 def mxfp4_encode(x: torch.Tensor, scale_bytes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes and decoded values of x [..., nb*32] with fixed E8M0 scales (y = x / 2^(e-127), floor rule)."""
     xb = x.float().unflatten(-1, (-1, MXFP4_BLOCK))
-    e = scale_bytes.to(torch.int32)
-    div = (e << 23).view(torch.float32).clamp(min=2.0**-126).unsqueeze(-1)  # as formats: never divide by 0
+    div, mul = (t.unsqueeze(-1) for t in mxfp4_steps(scale_bytes))
     codes = round_to_e2m1((xb / div).clamp(-E2M1_MAX, E2M1_MAX).flatten(-2))
-    deq = (e2m1_to_float(codes).unflatten(-1, (-1, MXFP4_BLOCK)) * torch.exp2(e.float() - 127).unsqueeze(-1))
+    deq = e2m1_to_float(codes).unflatten(-1, (-1, MXFP4_BLOCK)) * mul
     return codes, deq.flatten(-2)
+
+
+def mxfp4_steps(scale_bytes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(divide by, multiply the grid value by) per block: 2^(e-127), the divisor at least 2^-126 as in
+    fp4lab.formats (never a division by 0)."""
+    e = scale_bytes.to(torch.int32)
+    return (e << 23).view(torch.float32).clamp(min=2.0**-126), torch.exp2(e.float() - 127)
 
 
 def fp8_encode(x: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -108,13 +108,12 @@ def test_gptq_matches_column_by_column_reference(scheme, fos):
 
 
 def test_bucketized_e2m1_rounding_matches_round_to_e2m1():
-    from fp4lab.formats.e2m1 import E2M1_VALUES, round_to_e2m1
-    from fp4lab.ptq.gptq import _E2M1_EDGES
+    from fp4lab.formats.e2m1 import E2M1_BUCKET_EDGES, E2M1_VALUES, round_to_e2m1
 
     edges = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
     y = torch.cat([edges, torch.nextafter(edges, torch.zeros(7)), torch.nextafter(edges, torch.full((7,), 9.0)),
                    torch.randn(10_000) * 3, torch.tensor([0.0, -0.0, 6.0, 7.0, float("inf"), -float("inf")])])
     y = torch.cat([y, -y])
-    mag = torch.bucketize(y.abs(), _E2M1_EDGES)
+    mag = torch.bucketize(y.abs(), E2M1_BUCKET_EDGES)
     assert torch.equal(mag.to(torch.uint8), round_to_e2m1(y) & 7)
     assert torch.equal(torch.copysign(E2M1_VALUES[mag], y), E2M1_VALUES[round_to_e2m1(y).long()])
