@@ -184,7 +184,7 @@ def sass_report(ms) -> None:
 def layer_sums(rows):
     """Sum of the four linears of one decoder layer, per model and M."""
     out = []
-    for model in sorted({r["shape"].split(".")[0] for r in rows}):
+    for model in sorted({r["shape"].rsplit(".", 1)[0] for r in rows}):  # "qwen2.5-7b.qkv" -> "qwen2.5-7b"
         for m in sorted({r["M"] for r in rows}):
             rs = [r for r in rows if r["shape"].startswith(model + ".") and r["M"] == m]
             if len(rs) == 4:

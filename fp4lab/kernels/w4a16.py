@@ -529,6 +529,7 @@ def candidates(m: int, n: int, k: int, sms: int = 132) -> list[Config]:
     Every config here compiles for sm_90 without register spills (checked with nvdisasm)."""
     out = []
     if m == 1:
+        # num_stages 1: software pipelining (2, 3) measured no faster on an H100 (benchmarks/w4a16.md)
         for bn, bk in ((64, 256), (128, 256), (256, 128), (64, 512), (32, 256)):
             bk = min(bk, _pow2(k))
             for waves in (2, 4, 8):
@@ -584,21 +585,49 @@ def _cache_save(path, device) -> None:
         json.dump(rows, f)
 
 
-def _time(cfg, args, flush, reps=5):
+# weight copies of at least this many bytes in the tuning graph: more than an H100's 50 MB (H200: 60 MB)
+# L2, so every call streams its weight from HBM as a decode step does
+TUNE_ROTATE_BYTES = 128 * 2**20
+
+
+def _tuning_copies(words, scales_t):
+    """The weight plus enough clones of it to exceed L2 (fewer if free memory is short; at least 1)."""
+    nbytes = words.numel() * 4 + scales_t.numel()
+    want = max(2, min(16, -(-TUNE_ROTATE_BYTES // max(nbytes, 1))))
+    free, _ = torch.cuda.mem_get_info(words.device)
+    n = max(1, min(want, int(free * 0.25) // max(nbytes, 1) + 1))
+    return [(words, scales_t)] + [(words.clone(), scales_t.clone()) for _ in range(n - 1)]
+
+
+def _time(cfg, x, copies, g, bias, y, reps=5) -> float:
+    """ms per call of `cfg` in CUDA-graph replay: one graph calls it once per weight copy (cold L2, no
+    Python launch overhead, as decode with CUDA graphs runs it); median of `reps` replays.
+
+    Eager CUDA-event timing of single launches, used before, charged launch gaps that graph replay
+    does not pay (split-K, dequantize + cuBLAS's two launches) and picked slower paths
+    (benchmarks/w4a16.md: llama3-8b o at M=64, 38.5 us chosen over 25 us)."""
+    for w, s in copies:  # compile, allocate the split-K workspace, warm up
+        _launch(cfg, x, w, s, g, bias, y)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for w, s in copies:
+            _launch(cfg, x, w, s, g, bias, y)
+    graph.replay()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    _launch(cfg, *args)  # compile + warm up
     for i in range(reps):
-        flush.zero_()  # cold L2, as in a decode step
         starts[i].record()
-        _launch(cfg, *args)
+        graph.replay()
         ends[i].record()
     torch.cuda.synchronize()
-    return sorted(s.elapsed_time(e) for s, e in zip(starts, ends))[reps // 2]
+    del graph
+    return sorted(s.elapsed_time(e) for s, e in zip(starts, ends))[reps // 2] / len(copies)
 
 
 def choose_config(x, words, scales_t, g, bias, y) -> Config:
-    """Measured dispatch: time every candidate once per (M bucket, N, K) and keep the fastest.
+    """Measured dispatch: time every candidate once per (M bucket, N, K) in CUDA-graph replay over
+    rotating weight copies (cold L2) and keep the fastest.
 
     Tuning syncs the host, so it never happens during CUDA-graph capture (the untimed default is
     used then); warm up each shape once before capturing. FP4LAB_W4A16_KIND=gemv|dot|cublas
@@ -617,14 +646,17 @@ def choose_config(x, words, scales_t, g, bias, y) -> Config:
     if torch.cuda.is_current_stream_capturing():
         # no timing inside a capture; no split-K either, whose workspace might have to be allocated now
         return dataclasses.replace(cands[0], split_k=1)
-    flush = torch.empty(64 * 2**20, dtype=torch.int32, device=x.device)  # 256 MB > any L2
+    copies = _tuning_copies(words, scales_t)
     times = {}
     for cfg in cands:
         try:
-            times[cfg] = _time(cfg, (x, words, scales_t, g, bias, y), flush)
+            times[cfg] = _time(cfg, x, copies, g, bias, y)
         except Exception as e:  # a config that does not compile or fit (shared memory) is skipped
             if os.environ.get("FP4LAB_W4A16_DEBUG"):
                 print(f"w4a16: config {cfg} failed: {type(e).__name__}: {str(e)[:200]}")
+    del copies
+    if not times:
+        raise RuntimeError(f"w4a16: no candidate config ran for M={m} N={n} K={k} (FP4LAB_W4A16_DEBUG=1 shows why)")
     best = min(times, key=times.get)
     if os.environ.get("FP4LAB_W4A16_DEBUG"):
         print(f"w4a16 tune M={m} N={n} K={k}: " + ", ".join(
