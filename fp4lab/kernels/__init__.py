@@ -7,10 +7,10 @@ pure-PyTorch reference composition (``formats.quantize_nvfp4(random_hadamard_16(
 from fp4lab.kernels.amax import amax, amax_triton
 from fp4lab.kernels.mxfp4 import fake_quantize_mxfp4, mxfp4_fake_triton
 from fp4lab.kernels.nvfp4 import (
-    dequantize_nvfp4, dequantize_nvfp4_triton, fake_quantize_nvfp4, nvfp4_triton, quantize_nvfp4,
+    amax_parts_nvfp4, dequantize_nvfp4, dequantize_nvfp4_triton, fake_quantize_nvfp4, nvfp4_triton, quantize_nvfp4,
 )
 
 __all__ = [
-    "amax", "amax_triton", "dequantize_nvfp4", "dequantize_nvfp4_triton", "fake_quantize_mxfp4",
+    "amax", "amax_parts_nvfp4", "amax_triton", "dequantize_nvfp4", "dequantize_nvfp4_triton", "fake_quantize_mxfp4",
     "fake_quantize_nvfp4", "mxfp4_fake_triton", "nvfp4_triton", "quantize_nvfp4",
 ]

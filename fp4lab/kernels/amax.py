@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fp4lab.kernels.numerics import load_tile, reduce_amax_bits, tile_coords
+from fp4lab.kernels.numerics import load_tile, reduce_amax_bits, rht_rows, tile_coords
 
 # 8192 elements per program and iteration: with 8 warps each thread keeps four 16-byte loads in flight
 # (the 4096 of the 2026-11-22 run kept two and reached 54-69% of copy bandwidth); 46 registers, so
@@ -20,8 +20,18 @@ FLAT_WARPS = 8
 MAX_PARTS = 1024
 
 
+_SMS: dict = {}
+
+
 def n_programs(n_units: int, device: torch.device) -> int:
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
+    # the SM count is cached: get_device_properties costs ~20 us of host time per call, and a
+    # QuantLinear step calls this a dozen times (the layer is host-bound at small sizes)
+    if device.type != "cuda":
+        sms = 2
+    else:
+        sms = _SMS.get(device.index)
+        if sms is None:
+            sms = _SMS[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
     return max(1, min(n_units, 4 * sms, MAX_PARTS))
 
 
@@ -53,6 +63,25 @@ def _amax_rht_kernel(x_ptr, stride_r, stride_c, R, C, parts_ptr, n_tiles_r, n_ti
 
 
 @triton.jit
+def _amax_pair_kernel(x_ptr, stride_r, stride_c, R, C, parts_ptr, n_tiles_r, n_tiles_c,
+                      BR: tl.constexpr, BC: tl.constexpr, DOT_FP32: tl.constexpr, TILES_C_MAJOR: tl.constexpr):
+    # one read of x for both global amaxes a layer needs: |t| (rowwise operand) and |RHT(t)| (the
+    # columnwise Wgrad operand), on the RHT pass's tiles so the transformed values are the same
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    acc = tl.zeros([BR, BC], dtype=tl.int32)
+    acc_h = tl.zeros([BR, BC], dtype=tl.int32)
+    for tile in range(pid, n_tiles_r * n_tiles_c, nprog):
+        tr, tc = tile_coords(tile, n_tiles_r, n_tiles_c, TILES_C_MAJOR)
+        t = load_tile(x_ptr, stride_r, stride_c, R, C, tr * BR, tc * BC, BR, BC, False, DOT_FP32, 0)
+        acc = tl.maximum(acc, tl.abs(t).to(tl.int32, bitcast=True))
+        h = rht_rows(t, BR, BC, DOT_FP32)
+        acc_h = tl.maximum(acc_h, tl.abs(h).to(tl.int32, bitcast=True))
+    tl.store(parts_ptr + pid, tl.max(tl.max(acc, axis=1), axis=0))
+    tl.store(parts_ptr + nprog + pid, tl.max(tl.max(acc_h, axis=1), axis=0))
+
+
+@triton.jit
 def _amax_finish_kernel(parts_ptr, n_parts, out_ptr, N_PARTS: tl.constexpr):
     tl.store(out_ptr, reduce_amax_bits(parts_ptr, n_parts, N_PARTS))
 
@@ -74,6 +103,18 @@ def amax_partials_rht(x: torch.Tensor, stride_r: int, stride_c: int, R: int, C: 
                                        BR=BR, BC=BC, DOT_FP32=dot_fp32, TILES_C_MAJOR=tiles_c_major,
                                        num_warps=4, enable_fp_fusion=False)
     return parts
+
+
+def amax_pair_partials(x: torch.Tensor, stride_r: int, stride_c: int, R: int, C: int,
+                       BR: int, BC: int, dot_fp32: bool, tiles_c_major: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """int32 partial maxima of |t| and of |RHT(t)| for the logical view t [R, C] of x, in one pass."""
+    n_tiles_r, n_tiles_c = triton.cdiv(R, BR), triton.cdiv(C, BC)
+    n = n_programs(max(n_tiles_r * n_tiles_c, 1), x.device)
+    parts = torch.empty(2 * n, dtype=torch.int32, device=x.device)
+    _amax_pair_kernel[(n,)](x, stride_r, stride_c, R, C, parts, n_tiles_r, n_tiles_c,
+                            BR=BR, BC=BC, DOT_FP32=dot_fp32, TILES_C_MAJOR=tiles_c_major,
+                            num_warps=4, enable_fp_fusion=False)
+    return parts[:n], parts[n:]
 
 
 def finish_amax(parts: torch.Tensor) -> torch.Tensor:

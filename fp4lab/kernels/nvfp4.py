@@ -6,7 +6,8 @@ takes the global amax from the partial maxima of the amax pass (device memory, n
 quantizes blocks of 16 along c exactly as fp4lab.formats.quantize_nvfp4 in the chosen op order.
 Quantize writes packed codes + E4M3 scale bytes; fake-quantize dequantizes in registers instead.
 Tiles are visited in the reverse of the amax pass's order so the most recently read part of x is
-still in L2 when the second pass starts.
+still in L2 when the second pass starts; a third pass over the same x (the second quantization
+from shared amax partials) walks forward, starting where the second one ended.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import triton.language as tl
 
 from fp4lab import formats
 from fp4lab.formats._checks import check_input
-from fp4lab.kernels.amax import amax_partials, amax_partials_rht
+from fp4lab.kernels.amax import amax_pair_partials, amax_partials, amax_partials_rht
 from fp4lab.kernels.numerics import (
     FP32_MAX, e2m1_encode, e2m1_round, e2m1_value, e4m3_encode, e4m3_value, fdiv, load_tile, reduce_amax_bits,
     round_to_bf16, tile_coords, uniform_tile,
@@ -82,14 +83,15 @@ def block_scales(amax, amax_b, ORDER: tl.constexpr):
 def _nvfp4_kernel(
     x_ptr, stride_r, stride_c, R, C, R_out, C_out, Cp,
     amax_src_ptr, n_amax_src, amax_out_ptr,
-    codes_ptr, scales_ptr, out_ptr, seed, n_tiles_r, n_tiles_c,
+    codes_ptr, scales_ptr, out_ptr, seed, n_tiles_r, n_tiles_c, forward_walk,
     ORDER: tl.constexpr, BLOCK_2D: tl.constexpr, STOCHASTIC: tl.constexpr, RHT: tl.constexpr,
     DOT_FP32: tl.constexpr, QUANT: tl.constexpr, FAKE: tl.constexpr, WRITE_AMAX: tl.constexpr,
     INNER_DTYPE: tl.constexpr, TILES_C_MAJOR: tl.constexpr, N_SRC: tl.constexpr,
     BR: tl.constexpr, BC: tl.constexpr, VEC_R: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    tr, tc = tile_coords(n_tiles_r * n_tiles_c - 1 - pid, n_tiles_r, n_tiles_c, TILES_C_MAJOR)
+    last = n_tiles_r * n_tiles_c - 1
+    tr, tc = tile_coords(tl.where(forward_walk != 0, pid, last - pid), n_tiles_r, n_tiles_c, TILES_C_MAJOR)
     r0 = tr * BR
     c0 = tc * BC
 
@@ -218,11 +220,15 @@ def _check_args(x, fn, block_2d, rounding, scale_order, nonfinite):
 
 def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", scale_order="torchao",
                  generator=None, columnwise=False, rht=False, fake=False, out_dtype=None,
-                 nonfinite="propagate", tile=None, num_warps=4, vec_r=None):
+                 nonfinite="propagate", tile=None, num_warps=4, vec_r=None, amax_parts=None,
+                 forward_walk=False):
     """Run the tile kernel on any device (CPU tensors need TRITON_INTERPRET=1).
 
     tile, num_warps and vec_r (contiguous features per load in the columnwise view; 0 lets the
-    compiler choose) tune speed only: the numerics are the same for every choice.
+    compiler choose) tune speed only: the numerics are the same for every choice. amax_parts: the
+    int32 partial maxima of this operand from `amax_parts_nvfp4` (its amax pass already done).
+    forward_walk visits tiles in the amax pass's order instead of its reverse (speed only: set it on
+    the second quantization of one tensor, whose start the first one left in L2).
 
     Returns an NVFP4Tensor (fake=False) or the fake-quantized tensor (fake=True).
     """
@@ -242,12 +248,15 @@ def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", sca
     C_out = Cp if rht else C  # random_hadamard_16 returns the padded length
     R_out = triton.cdiv(R, 16) * 16 if block_2d else R
 
+    write_amax = global_amax is None and not fake  # fake-quantize returns no amax
     if global_amax is None:
-        if rht:
+        if amax_parts is not None:
+            parts = amax_parts
+        elif rht:
             parts = amax_partials_rht(x2, stride_r, stride_c, R, C, BR, BC, dot_fp32, columnwise)
         else:
             parts = amax_partials(x2)
-        amax_out = torch.empty((), dtype=torch.float32, device=dev)
+        amax_out = torch.empty((), dtype=torch.float32, device=dev) if write_amax else parts
     else:
         amax_out = torch.as_tensor(global_amax, dtype=torch.float32, device=dev).reshape(())
         parts = amax_out.reshape(1).view(torch.int32)
@@ -263,15 +272,15 @@ def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", sca
         out = codes
     n_tiles_r, n_tiles_c = triton.cdiv(R_out, BR), triton.cdiv(Cp, BC)
     if n_tiles_r * n_tiles_c == 0:
-        if global_amax is None:
+        if write_amax:
             amax_out.zero_()
     else:
         _nvfp4_kernel[(n_tiles_r * n_tiles_c,)](
             x2, stride_r, stride_c, R, C, R_out, C_out, Cp,
             parts, parts.numel(), amax_out, codes, scales, out,
-            _stochastic_seed(rounding, generator), n_tiles_r, n_tiles_c,
+            _stochastic_seed(rounding, generator), n_tiles_r, n_tiles_c, int(forward_walk),
             ORDER=ORDERS[scale_order], BLOCK_2D=block_2d, STOCHASTIC=rounding == "stochastic", RHT=rht,
-            DOT_FP32=dot_fp32, QUANT=not fake, FAKE=fake, WRITE_AMAX=global_amax is None,
+            DOT_FP32=dot_fp32, QUANT=not fake, FAKE=fake, WRITE_AMAX=write_amax,
             INNER_DTYPE=_tl_dtype(inner), TILES_C_MAJOR=columnwise,
             N_SRC=max(triton.next_power_of_2(parts.numel()), 2), BR=BR, BC=BC, VEC_R=vec_r,
             num_warps=num_warps,
@@ -331,32 +340,64 @@ def _reference_operand(x: torch.Tensor, columnwise: bool, rht: bool) -> torch.Te
     return formats.random_hadamard_16(t, nonfinite="propagate") if rht else t
 
 
+def amax_parts_nvfp4(x: torch.Tensor, *, rht: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global-amax passes of x [M, K]'s rowwise and columnwise (RHT-ed if `rht`) quantization in
+    one read of x: (rowwise, columnwise) partial maxima to pass as `amax_parts` to quantize_nvfp4 /
+    fake_quantize_nvfp4 of x (or of x with zero rows appended). A QuantLinear needs both for x (Fprop,
+    Wgrad) and for dy (Dgrad, Wgrad); without RHT both are max |x|, computed once."""
+    if x.ndim != 2:
+        raise ValueError(f"amax_parts_nvfp4: need a 2-D tensor [M, K], got shape {tuple(x.shape)}")
+    x2, stride_r, stride_c, R, C = _logical_view(x, columnwise=True)
+    if not x.is_cuda and not interpreting():
+        a = x.float().abs().amax() if x.numel() else torch.zeros((), device=x.device)
+        ah = formats.random_hadamard_16(x.t(), nonfinite="propagate").float().abs().amax() if rht and x.numel() else a
+        return a.reshape(1).view(torch.int32), ah.reshape(1).view(torch.int32)
+    if not rht:
+        p = amax_partials(x2)
+        return p, p
+    dot_fp32 = interpreting() or x.dtype != torch.bfloat16
+    return amax_pair_partials(x2, stride_r, stride_c, R, C, *TILE_RHT_COLUMNWISE, dot_fp32, True)
+
+
+def _parts_amax(amax_parts):
+    """The global amax (fp32 0-dim) that partial maxima stand for (reference path)."""
+    return amax_parts.max().reshape(1).view(torch.float32).reshape(())
+
+
 def quantize_nvfp4(x, *, block_2d=False, global_amax=None, rounding="nearest", scale_order="torchao",
-                   generator=None, nonfinite="propagate", columnwise=False, rht=False):
+                   generator=None, nonfinite="propagate", columnwise=False, rht=False, amax_parts=None,
+                   forward_walk=False):
     """NVFP4-quantize x [M, K] (blocks of 16 along K), or x.T with `columnwise` (blocks along M, no
     transpose in memory), optionally after the 16x16 RHT. Bit-exact with
-    ``formats.quantize_nvfp4(random_hadamard_16(x.T) if rht else x.T ...)`` for round-to-nearest."""
+    ``formats.quantize_nvfp4(random_hadamard_16(x.T) if rht else x.T ...)`` for round-to-nearest.
+    amax_parts: this operand's partial maxima from `amax_parts_nvfp4` (skips the amax pass);
+    forward_walk: tile order only (see nvfp4_triton)."""
     if not x.is_cuda:
+        if amax_parts is not None and global_amax is None:
+            global_amax = _parts_amax(amax_parts)
         return formats.quantize_nvfp4(_reference_operand(x, columnwise, rht), block_2d=block_2d,
                                       global_amax=global_amax, rounding=rounding, scale_order=scale_order,
                                       generator=generator, nonfinite=nonfinite)
     return nvfp4_triton(x, block_2d=block_2d, global_amax=global_amax, rounding=rounding,
                         scale_order=scale_order, generator=generator, columnwise=columnwise, rht=rht,
-                        nonfinite=nonfinite)
+                        nonfinite=nonfinite, amax_parts=amax_parts, forward_walk=forward_walk)
 
 
 def fake_quantize_nvfp4(x, *, block_2d=False, global_amax=None, rounding="nearest", scale_order="torchao",
-                        generator=None, columnwise=False, rht=False, out_dtype=None):
+                        generator=None, columnwise=False, rht=False, out_dtype=None, amax_parts=None,
+                        forward_walk=False):
     """quantize_nvfp4 then dequantize, fused in registers; returns [M, K] (or the contiguous [K, M] of
     x.T with `columnwise`) in out_dtype (default x.dtype). Non-finite input gives NaN everywhere."""
     if not x.is_cuda:
+        if amax_parts is not None and global_amax is None:
+            global_amax = _parts_amax(amax_parts)
         t = _reference_operand(x, columnwise, rht)
         q = formats.quantize_nvfp4(t, block_2d=block_2d, global_amax=global_amax, rounding=rounding,
                                    scale_order=scale_order, generator=generator, nonfinite="propagate")
         return q.dequantize(t.dtype).to(out_dtype or x.dtype)
     return nvfp4_triton(x, block_2d=block_2d, global_amax=global_amax, rounding=rounding,
                         scale_order=scale_order, generator=generator, columnwise=columnwise, rht=rht,
-                        fake=True, out_dtype=out_dtype)
+                        fake=True, out_dtype=out_dtype, amax_parts=amax_parts, forward_walk=forward_walk)
 
 
 def dequantize_nvfp4(t: formats.NVFP4Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:

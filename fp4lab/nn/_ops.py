@@ -140,13 +140,28 @@ def has_packed_kernel(q: OperandQuant) -> bool:
     return q.fmt == "nvfp4" and _kernels() is not None
 
 
-def quantize(t: torch.Tensor, q: OperandQuant, *, columnwise: bool = False, generator=None):
-    """Packed quantization of a 2D operand along its last dim (of t^T with `columnwise`)."""
+def shared_amax_parts(t: torch.Tensor, rowwise: OperandQuant | None, col: OperandQuant | None):
+    """(rowwise, columnwise) amax partials of t for two NVFP4 quantizations of it, from one read of t
+    (kernels.amax_parts_nvfp4), or (None, None) where each quantization finds its own amax: off CUDA,
+    inside torch.compile (the SR custom op takes no partials), or unless both operands are NVFP4."""
+    k = _kernels()
+    if (k is None or not t.is_cuda or rowwise is None or col is None or rowwise.fmt != "nvfp4"
+            or col.fmt != "nvfp4" or torch.compiler.is_compiling()):
+        return None, None
+    return k.amax_parts_nvfp4(t, rht=col.rht)
+
+
+def quantize(t: torch.Tensor, q: OperandQuant, *, columnwise: bool = False, generator=None, amax_parts=None,
+             forward_walk: bool = False):
+    """Packed quantization of a 2D operand along its last dim (of t^T with `columnwise`); amax_parts
+    (NVFP4 on CUDA only) from `shared_amax_parts` skips the amax pass; forward_walk: tile order only
+    (kernels.nvfp4_triton)."""
     if q.fmt == "nvfp4":
         k = _kernels()
         if k is not None:
             return k.quantize_nvfp4(
-                t, nonfinite="propagate", columnwise=columnwise, rht=q.rht and columnwise, **_nvfp4_kw(q, generator)
+                t, nonfinite="propagate", columnwise=columnwise, rht=q.rht and columnwise,
+                amax_parts=amax_parts, forward_walk=forward_walk, **_nvfp4_kw(q, generator)
             )
         src = _columnwise(t, q) if columnwise else t
         gen = _device_generator(generator, t.device) if q.stochastic else None
@@ -164,7 +179,8 @@ def quantize(t: torch.Tensor, q: OperandQuant, *, columnwise: bool = False, gene
 
 
 def fake_quantize(
-    t: torch.Tensor, q: OperandQuant, *, columnwise: bool = False, generator=None, dtype=torch.bfloat16
+    t: torch.Tensor, q: OperandQuant, *, columnwise: bool = False, generator=None, dtype=torch.bfloat16,
+    amax_parts=None, forward_walk: bool = False,
 ) -> torch.Tensor:
     """quantize -> dequantize of a 2D operand, in `dtype`; [K, M] (t^T, RHT-ed if q.rht) with `columnwise`.
 
@@ -177,7 +193,7 @@ def fake_quantize(
                 t, q.fmt, q.block_2d, q.block128, q.rht, q.scale_order, q.scale_rule, columnwise, generator, dtype
             )
         generator = _GENERATORS[generator]
-    return _fake_quantize(t, q, columnwise, generator, dtype)
+    return _fake_quantize(t, q, columnwise, generator, dtype, amax_parts, forward_walk)
 
 
 def _compiled_reference(fmt: str, kw: tuple):
@@ -212,7 +228,7 @@ def _fp8_tensor_fake(src: torch.Tensor, fmt: str, dtype: torch.dtype) -> torch.T
     return (data.float() * scale).to(dtype)
 
 
-def _fake_quantize(t, q, columnwise, generator, dtype):
+def _fake_quantize(t, q, columnwise, generator, dtype, amax_parts=None, forward_walk=False):
     if (t.is_cuda and q.fmt.startswith("fp8") and not q.block128 and _kernels() is not None
             and not torch.compiler.is_compiling()):
         return _fp8_tensor_fake((t.t() if columnwise else t).contiguous(), q.fmt[4:], dtype)
@@ -223,7 +239,8 @@ def _fake_quantize(t, q, columnwise, generator, dtype):
     k = _kernels()
     if k is not None and q.fmt == "nvfp4":
         return k.fake_quantize_nvfp4(
-            t, columnwise=columnwise, rht=q.rht and columnwise, out_dtype=dtype, **_nvfp4_kw(q, generator)
+            t, columnwise=columnwise, rht=q.rht and columnwise, out_dtype=dtype, amax_parts=amax_parts,
+            forward_walk=forward_walk, **_nvfp4_kw(q, generator)
         )
     if k is not None and q.fmt == "mxfp4" and hasattr(k, "fake_quantize_mxfp4"):
         return k.fake_quantize_mxfp4(

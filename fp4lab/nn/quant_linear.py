@@ -61,15 +61,14 @@ class _QuantLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, plan: GemmPlan, generator, out_dtype):
         x2d = x.reshape(-1, x.shape[-1])
-        # Fprop
-        if plan.fprop_w is not None:
-            wq = _ops.fake_quantize(weight, plan.fprop_w)
-        else:
-            wq = weight
-        xq = _ops.fake_quantize(x2d, plan.fprop_x) if plan.fprop_x is not None else x2d
-        y = _mm(xq, wq.t(), out_dtype)
-        if bias is not None:
-            y = y + bias.to(out_dtype)
+        # Each tensor's global amax pass runs once for both of its quantizations (W: Fprop and Dgrad;
+        # x: Fprop and Wgrad, the latter of RHT(x)); None where the kernels do not apply. The two
+        # quantizations of x follow their amax pass directly (the first walks back from where the
+        # pass ended, the second forward from where the first ended), so part of x comes from L2.
+        w_parts, w_parts_dgrad = _ops.shared_amax_parts(weight, plan.fprop_w, plan.dgrad_w)
+        wq = _ops.fake_quantize(weight, plan.fprop_w, amax_parts=w_parts) if plan.fprop_w is not None else weight
+        x_parts, x_parts_wgrad = _ops.shared_amax_parts(x2d, plan.fprop_x, plan.wgrad_x)
+        xq = _ops.fake_quantize(x2d, plan.fprop_x, amax_parts=x_parts) if plan.fprop_x is not None else x2d
 
         # Dgrad re-quantizes W from the parameter (already in memory; RNE, so 2D tiles give the
         # very Q(W) of Fprop). Wgrad needs x^T quantized along tokens (post-RHT), kept packed.
@@ -78,7 +77,8 @@ class _QuantLinearFn(torch.autograd.Function):
             saved.append(x2d)
             metas["x"] = None
         elif _ops.has_packed_kernel(plan.wgrad_x):
-            xp = _ops.quantize(_pad_rows(x2d, _col_block(plan.wgrad_x)), plan.wgrad_x, columnwise=True)
+            xp = _ops.quantize(_pad_rows(x2d, _col_block(plan.wgrad_x)), plan.wgrad_x, columnwise=True,
+                               amax_parts=x_parts_wgrad, forward_walk=x_parts_wgrad is not None)
             tensors, metas["x"] = _ops.split_packed(xp)
             saved.extend(tensors)
         else:
@@ -87,8 +87,14 @@ class _QuantLinearFn(torch.autograd.Function):
             # the eager packing reference costs a dozen kernel launches per layer
             saved.append(_ops.fake_quantize(_pad_rows(x2d, _col_block(plan.wgrad_x)), plan.wgrad_x, columnwise=True))
             metas["x"] = "values"
+
+        # Fprop
+        y = _mm(xq, wq.t(), out_dtype)
+        if bias is not None:
+            y = y + bias.to(out_dtype)
         ctx.save_for_backward(*saved)
         ctx.metas, ctx.plan, ctx.generator = metas, plan, generator
+        ctx.w_parts = w_parts_dgrad
         ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
         ctx.has_bias = bias is not None
         ctx.bias_dtype = bias.dtype if bias is not None else None
@@ -102,28 +108,36 @@ class _QuantLinearFn(torch.autograd.Function):
         n_out = dy.shape[-1]
         dy2d = dy.reshape(-1, n_out)
         dx = dw = db = None
-
-        if ctx.needs_input_grad[0]:
+        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if need_dx:
             if plan.dgrad_w is None:
                 w_nk = weight
             elif plan.weight_consistent:
-                w_nk = _ops.fake_quantize(weight, plan.dgrad_w)  # [N, K]: the Fprop Q(W)
-            else:
-                w_nk = _ops.fake_quantize(weight, plan.dgrad_w, columnwise=True).t()  # blocks along N
-            dyq = _ops.fake_quantize(dy2d, plan.dgrad_dy, generator=gen) if plan.dgrad_dy is not None else dy2d
-            dx = _mm(dyq, w_nk, ctx.x_dtype).reshape(ctx.x_shape)
-
-        if ctx.needs_input_grad[1]:
+                w_nk = _ops.fake_quantize(weight, plan.dgrad_w, amax_parts=ctx.w_parts)  # [N, K]: the Fprop Q(W)
+            else:  # blocks along N
+                w_nk = _ops.fake_quantize(weight, plan.dgrad_w, columnwise=True, amax_parts=ctx.w_parts).t()
+        # dy's quantizations right after its one amax pass (as x's in forward); SR draws Dgrad's first
+        dy_parts = dy_parts_wgrad = None
+        if need_dx and need_dw and metas["x"] is not None:
+            dy_parts, dy_parts_wgrad = _ops.shared_amax_parts(dy2d, plan.dgrad_dy, plan.wgrad_dy)
+        if need_dx:
+            dyq = (_ops.fake_quantize(dy2d, plan.dgrad_dy, generator=gen, amax_parts=dy_parts)
+                   if plan.dgrad_dy is not None else dy2d)
+        if need_dw:
             if metas["x"] is None:
                 x_km = rest[0].t()
                 dy_nm = dy2d.t()
             else:
+                dy_pad = _pad_rows(dy2d, _col_block(plan.wgrad_dy))
+                dy_nm = _ops.fake_quantize(dy_pad, plan.wgrad_dy, columnwise=True, generator=gen,
+                                           amax_parts=dy_parts_wgrad, forward_walk=dy_parts_wgrad is not None)
                 if metas["x"] == "values":
                     x_km = rest[0]
                 else:
                     x_km = _ops.dequantize(_ops.join_packed(rest, metas["x"]))  # [K, Mp]
-                dy_pad = _pad_rows(dy2d, _col_block(plan.wgrad_dy))
-                dy_nm = _ops.fake_quantize(dy_pad, plan.wgrad_dy, columnwise=True, generator=gen)
+        if need_dx:
+            dx = _mm(dyq, w_nk, ctx.x_dtype).reshape(ctx.x_shape)
+        if need_dw:
             dw = _mm(dy_nm, x_km.t(), ctx.w_dtype)  # fp32 accumulation, one rounding to the param dtype
 
         if ctx.has_bias and ctx.needs_input_grad[2]:

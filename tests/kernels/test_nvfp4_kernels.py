@@ -5,11 +5,12 @@ import triton
 import triton.language as tl
 
 from fp4lab import formats
-from fp4lab.kernels import amax_triton, dequantize_nvfp4_triton, nvfp4_triton
+from fp4lab.kernels import amax_parts_nvfp4, amax_triton, dequantize_nvfp4_triton, nvfp4_triton
 from fp4lab.kernels.numerics import e2m1_encode, e2m1_round
 
 from ._helpers import (
-    ORDERS, VARIANTS, assert_bitwise_equal, assert_same_nvfp4, check_fake, check_quantize, spread_input,
+    ORDERS, VARIANTS, assert_bitwise_equal, assert_same_nvfp4, check_fake, check_quantize, reference_operand,
+    spread_input,
 )
 
 
@@ -210,3 +211,42 @@ def test_e2m1_bit_rounding_matches_reference():
     assert torch.equal(codes, ref.to(torch.int32)), y[codes != ref.to(torch.int32)][:8]
     got, want = values.view(torch.int32), formats.e2m1_to_float(ref).view(torch.int32)
     assert torch.equal(got, want), y[got != want][:8]
+
+
+def _as_amax(parts):
+    return parts.max().reshape(1).view(torch.float32).reshape(())
+
+
+@pytest.mark.parametrize("shape", [(37, 70), (32, 48), (16, 16), (5, 3)])
+@pytest.mark.parametrize("rht", [True, False])
+def test_shared_amax_parts(shape, rht):
+    # one pass gives both amaxes of a QuantLinear operand: |x| (rowwise) and |RHT(x^T)| (columnwise)
+    x = spread_input(*shape, seed=6)
+    rows, cols = amax_parts_nvfp4(x, rht=rht)
+    assert torch.equal(_as_amax(rows), x.float().abs().amax())
+    col_ref = reference_operand(x, True, rht).float().abs().amax()
+    assert torch.equal(_as_amax(cols), col_ref)
+    # and quantization from them is the quantization that ran its own amax pass (zero rows appended too)
+    pad = torch.nn.functional.pad(x, (0, 0, 0, (-shape[0]) % 16))
+    assert_same_nvfp4(nvfp4_triton(x, amax_parts=rows), nvfp4_triton(x))
+    assert_same_nvfp4(nvfp4_triton(pad, columnwise=True, rht=rht, amax_parts=cols),
+                      nvfp4_triton(pad, columnwise=True, rht=rht))
+    assert_bitwise_equal(nvfp4_triton(x, fake=True, amax_parts=rows, rounding="stochastic", generator=torch.Generator().manual_seed(1)),
+                         nvfp4_triton(x, fake=True, rounding="stochastic", generator=torch.Generator().manual_seed(1)))
+    assert_bitwise_equal(nvfp4_triton(pad, fake=True, columnwise=True, rht=rht, amax_parts=cols, forward_walk=True),
+                         nvfp4_triton(pad, fake=True, columnwise=True, rht=rht))
+    assert_same_nvfp4(nvfp4_triton(x, amax_parts=rows, forward_walk=True), nvfp4_triton(x))
+
+
+def test_shared_amax_parts_propagate_nonfinite():
+    x = spread_input(32, 32, seed=2)
+    x[7, 9] = float("nan")
+    rows, cols = amax_parts_nvfp4(x)
+    assert torch.isnan(_as_amax(rows)) and torch.isnan(_as_amax(cols))
+    assert torch.isnan(nvfp4_triton(x, fake=True, amax_parts=rows)).all()
+    x[7, 9] = float("inf")
+    rows, cols = amax_parts_nvfp4(x)
+    assert _as_amax(rows) == float("inf")
+    assert not torch.isfinite(_as_amax(cols))  # the transform of an Inf group holds Inf or NaN
+    with pytest.raises(ValueError, match="2-D"):
+        amax_parts_nvfp4(x[0])

@@ -82,3 +82,18 @@ def test_stochastic_rounding_unbiased_on_gpu():
     a = kernels.quantize_nvfp4(x, columnwise=True, rht=True, rounding="stochastic", generator=g1)
     b = kernels.quantize_nvfp4(x, columnwise=True, rht=True, rounding="stochastic", generator=g2)
     assert torch.equal(a.codes, b.codes)
+
+
+@pytest.mark.parametrize("rht", [True, False])
+def test_shared_amax_parts_large(rht):
+    # QuantLinear's one-pass amaxes give the same bytes as each quantization's own amax pass
+    x = spread_input(1000, 2048, seed=21, device="cuda")
+    rows, cols = kernels.amax_parts_nvfp4(x, rht=rht)
+    pad = torch.nn.functional.pad(x, (0, 0, 0, 8))
+    for a, b in [(kernels.quantize_nvfp4(x, amax_parts=rows), kernels.quantize_nvfp4(x)),
+                 (kernels.quantize_nvfp4(pad, columnwise=True, rht=rht, amax_parts=cols),
+                  kernels.quantize_nvfp4(pad, columnwise=True, rht=rht))]:
+        assert torch.equal(a.codes, b.codes) and torch.equal(a.scales.view(torch.uint8), b.scales.view(torch.uint8))
+        assert torch.equal(a.global_amax, b.global_amax)
+    assert torch.equal(kernels.fake_quantize_nvfp4(pad, columnwise=True, rht=rht, amax_parts=cols),
+                       kernels.fake_quantize_nvfp4(pad, columnwise=True, rht=rht))
