@@ -156,6 +156,76 @@ def layer_bench(shapes, methods, deadline) -> list[dict]:
     return rows
 
 
+def kernel_profile(M: int, K: int, N: int, methods, steps: int = 5) -> list[dict]:
+    """Where one fwd+bwd spends GPU time: torch.profiler's per-kernel device time, per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    x = torch.randn(M, K, device=DEVICE, dtype=torch.bfloat16, generator=g).requires_grad_(True)
+    dy = torch.randn(M, N, device=DEVICE, dtype=torch.bfloat16, generator=g)
+    out = []
+    for method in methods:
+        if method == "naive-compiled-nvfp4":
+            continue
+        fn, w = make_layer(method, K, N)
+        for _ in range(3):
+            fn(x).backward(dy)
+        _sync()
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+        with profile(activities=acts) as prof:
+            for _ in range(steps):
+                x.grad = w.grad = None
+                fn(x).backward(dy)
+            _sync()
+        kernels = []
+        for e in prof.key_averages():
+            us = getattr(e, "self_device_time_total", None)
+            if us is None:
+                us = getattr(e, "self_cuda_time_total", 0)
+            if us > 0 and e.device_type.name != "CPU":
+                kernels.append({"kernel": e.key[:120], "calls_per_step": e.count / steps,
+                                "us_per_step": round(us / steps, 1)})
+        kernels.sort(key=lambda r: -r["us_per_step"])
+        total = sum(r["us_per_step"] for r in kernels)
+        out.append({"method": method, "M": M, "K": K, "N": N, "gpu_us_per_step": round(total, 1), "kernels": kernels})
+        print(f"\nprofile {method} {M}x{K}x{N}: {total:.0f} us of GPU kernels per fwd+bwd")
+        for r in kernels[:25]:
+            print(f"  {r['us_per_step']:9.1f} us  x{r['calls_per_step']:4.1f}  {r['kernel'][:100]}")
+        del fn, w
+    return out
+
+
+def host_overhead(shapes, methods, steps: int = 30, repeats: int = 3) -> list[dict]:
+    """Host time to issue `steps` fwd+bwd of one layer (no sync) and the time until the GPU is done,
+    per step (median of `repeats`): when host_ms ~ pipelined_ms the layer is launch-bound, and a
+    model of such layers runs at the host's pace, not the GPU's."""
+    rows = []
+    for M, K, N in shapes:
+        for method in methods:
+            if method == "naive-compiled-nvfp4":
+                continue
+            fn, w = make_layer(method, K, N)
+            x = torch.randn(M, K, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+            dy = torch.randn(M, N, device=DEVICE, dtype=torch.bfloat16)
+            for _ in range(5):
+                fn(x).backward(dy)
+            _sync()
+            res = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    fn(x).backward(dy)
+                t_host = time.perf_counter() - t0
+                _sync()
+                res.append(((time.perf_counter() - t0) / steps * 1e3, t_host / steps * 1e3))
+            pipelined, host = sorted(res)[len(res) // 2]
+            rows.append({"method": method, "M": M, "K": K, "N": N, "pipelined_ms": round(pipelined, 3),
+                         "host_ms": round(host, 3)})
+            print(json.dumps(rows[-1]), flush=True)
+            del fn, w
+    return rows
+
+
 def stack_memory(method: str, layers: int, M: int, K: int) -> dict:
     """Saved-for-backward bytes and allocator peak of `layers` [K, K] linears, fwd + bwd."""
     from fp4lab.nn import convert
@@ -202,6 +272,10 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default=None, help="e.g. 8192x4096x4096,... (M x K x N); default: the issue's three")
     p.add_argument("--budget-s", type=float, default=170.0, help="skip remaining layer timings after this")
     p.add_argument("--stack", default=None, help="LAYERSxMxK for the memory stack (default 12x8192x4096)")
+    p.add_argument("--profile", action="store_true",
+                   help="also record per-kernel GPU time of one fwd+bwd (torch.profiler) at the first shape")
+    p.add_argument("--host", action="store_true",
+                   help="also measure host issue time vs GPU time per fwd+bwd (launch-bound or not) at every shape")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: check the script on tiny shapes
     args = p.parse_args(argv)
     global DEVICE
@@ -232,6 +306,8 @@ def main(argv=None) -> int:
                 memory.append({"ratio": f"nvfp4/bf16 {key}", "value": memory[1][key] / memory[0][key]})
 
     layers = layer_bench(shapes, methods, deadline=start + args.budget_s)
+    profiles = kernel_profile(*shapes[0], methods) if args.profile else []
+    host = host_overhead(shapes, methods) if args.host else []
     import fp4lab
 
     result = {
@@ -248,6 +324,8 @@ def main(argv=None) -> int:
                  "its first-call compile time is in wall_s",
         "layers": layers,
         "stack_memory": memory,
+        "profile": profiles,
+        "host_overhead": host,
         "wall_s": round(time.time() - start, 1),
     }
     _print_table(result)

@@ -28,6 +28,30 @@ def bench(fn, reps=200) -> float:
     return do_bench(fn, warmup=25, rep=reps, return_mode="median") * 1e3
 
 
+def graph_bench(fn, xs, replays: int = 10) -> float:
+    """Median µs per call of fn over the inputs xs inside one CUDA graph (the GPU time alone: no
+    Python launch overhead, which do_bench includes; consecutive calls read different copies, so
+    inputs come from HBM as after the L2 flush of do_bench)."""
+    for x in xs:
+        fn(x)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for x in xs:
+            fn(x)
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / len(xs))
+    del graph
+    return sorted(times)[len(times) // 2]
+
+
 def copy_bandwidth() -> float:
     """Device copy bandwidth in GB/s (read + write) on a 1 GiB bf16 tensor."""
     x = torch.empty(512 * 1024 * 1024, dtype=torch.bfloat16, device="cuda").normal_()
@@ -80,6 +104,7 @@ BASELINE_SHAPES = {
 }
 
 
+GRAPH_ROTATE_BYTES = 160 * 2**20  # > 50 MB L2 of an H100 (60 MB on an H200)
 QUICK_SHAPES = [(8192, 4096), (8192, 8192)]
 QUICK_CASES = ("quantize rowwise", "quantize columnwise", "quantize rht+columnwise", "quantize 2d",
                "fake rowwise", "fake columnwise", "fake rht+columnwise", "fake 2d",
@@ -174,6 +199,8 @@ def main(argv=None) -> int:
                    help="8192x4096 and 8192x8192 only, no SR variants, no compiled baselines (under a minute)")
     p.add_argument("--tiles", action="store_true",
                    help="also time a few columnwise / RHT+columnwise tiles on 8192x4096 (about 25 s more)")
+    p.add_argument("--graph", action="store_true",
+                   help="also time every case in CUDA-graph replay (GPU time without Python launch overhead)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/quantize.py needs a CUDA GPU", file=sys.stderr)
@@ -195,7 +222,8 @@ def main(argv=None) -> int:
     result = dict(
         benchmark="quantize", device=dev, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
-        copy_gbps=round(copy_gbps, 1), timing="triton.testing.do_bench median (L2 flushed between calls), bf16 inputs",
+        copy_gbps=round(copy_gbps, 1), timing="us: triton.testing.do_bench median (L2 flushed between calls; includes Python launch "
+               "overhead); us_graph (--graph): median per call in CUDA-graph replay over input copies > L2; bf16 inputs",
         command="PYTHONPATH=. python3 benchmarks/quantize.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         rows=[],
     )
@@ -210,18 +238,30 @@ def main(argv=None) -> int:
         x = torch.randn(M, Kd, device="cuda", dtype=torch.bfloat16)
         _AMAX[0] = K4.amax(x)
         q = K4.quantize_nvfp4(x)
+        if args.graph:  # copies past L2 for the graph timing (each call reads the next one)
+            xs = [x] + [x.clone() for _ in range(max(1, -(-GRAPH_ROTATE_BYTES // (2 * M * Kd))) - 1)]
+            qs = [q] + [K4.quantize_nvfp4(c) for c in xs[1:]]
         for name, fn, nbytes in cases(M, Kd):
             if args.quick and name not in QUICK_CASES:
                 continue
             f = (lambda q=q: K4.dequantize_nvfp4(q)) if fn is None else (lambda fn=fn: fn(x))
             us = bench(f, reps)
             gbps = nbytes / (us * 1e-6) / 1e9
-            rows.append(dict(shape=[M, Kd], case=name, us=round(us, 2), bytes=nbytes, gbps=round(gbps, 1),
-                             pct_copy=round(100 * gbps / copy_gbps, 1),
-                             floor_us=round(nbytes / (copy_gbps * 1e9) * 1e6, 2)))
-            print(f"{M}x{Kd:<6} {name:34s} {us:9.2f} us {gbps:8.0f} GB/s {100 * gbps / copy_gbps:5.1f}% of copy")
+            row = dict(shape=[M, Kd], case=name, us=round(us, 2), bytes=nbytes, gbps=round(gbps, 1),
+                       pct_copy=round(100 * gbps / copy_gbps, 1),
+                       floor_us=round(nbytes / (copy_gbps * 1e9) * 1e6, 2))
+            if args.graph:
+                if fn is None:
+                    us_g = graph_bench(lambda q: K4.dequantize_nvfp4(q), qs)
+                else:
+                    us_g = graph_bench(fn, xs)
+                row.update(us_graph=round(us_g, 2), pct_copy_graph=round(100 * nbytes / (us_g * 1e-6) / 1e9 / copy_gbps, 1))
+            rows.append(row)
+            g_txt = f"  graph {row['us_graph']:8.2f} us {row['pct_copy_graph']:5.1f}%" if args.graph else ""
+            print(f"{M}x{Kd:<6} {name:34s} {us:9.2f} us {gbps:8.0f} GB/s {100 * gbps / copy_gbps:5.1f}% of copy{g_txt}")
         save()
         del x, q
+        xs = qs = None
         torch.cuda.empty_cache()
     if args.tiles:
         quick_columnwise_sweep(rows, copy_gbps)
