@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fp4lab.kernels._grid import cdiv, next_pow2
 from fp4lab.kernels.numerics import load_tile, reduce_amax_bits, rht_rows, tile_coords
 
 # 8192 elements per program and iteration: with 8 warps each thread keeps four 16-byte loads in flight
@@ -89,7 +90,7 @@ def _amax_finish_kernel(parts_ptr, n_parts, out_ptr, N_PARTS: tl.constexpr):
 def amax_partials(x: torch.Tensor) -> torch.Tensor:
     """int32 partial maxima of |x| (fp32 bit patterns) of a contiguous tensor."""
     n = x.numel()
-    parts = torch.empty(n_programs(triton.cdiv(max(n, 1), FLAT_BLOCK), x.device), dtype=torch.int32, device=x.device)
+    parts = torch.empty(n_programs(cdiv(max(n, 1), FLAT_BLOCK), x.device), dtype=torch.int32, device=x.device)
     _amax_flat_kernel[(parts.numel(),)](x, n, parts, BLOCK=FLAT_BLOCK, num_warps=FLAT_WARPS)
     return parts
 
@@ -97,7 +98,7 @@ def amax_partials(x: torch.Tensor) -> torch.Tensor:
 def amax_partials_rht(x: torch.Tensor, stride_r: int, stride_c: int, R: int, C: int,
                       BR: int, BC: int, dot_fp32: bool, tiles_c_major: bool) -> torch.Tensor:
     """int32 partial maxima of |RHT(t)| for the logical view t [R, C] of x (RHT along C)."""
-    n_tiles_r, n_tiles_c = triton.cdiv(R, BR), triton.cdiv(C, BC)
+    n_tiles_r, n_tiles_c = cdiv(R, BR), cdiv(C, BC)
     parts = torch.empty(n_programs(max(n_tiles_r * n_tiles_c, 1), x.device), dtype=torch.int32, device=x.device)
     _amax_rht_kernel[(parts.numel(),)](x, stride_r, stride_c, R, C, parts, n_tiles_r, n_tiles_c,
                                        BR=BR, BC=BC, DOT_FP32=dot_fp32, TILES_C_MAJOR=tiles_c_major,
@@ -108,7 +109,7 @@ def amax_partials_rht(x: torch.Tensor, stride_r: int, stride_c: int, R: int, C: 
 def amax_pair_partials(x: torch.Tensor, stride_r: int, stride_c: int, R: int, C: int,
                        BR: int, BC: int, dot_fp32: bool, tiles_c_major: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """int32 partial maxima of |t| and of |RHT(t)| for the logical view t [R, C] of x, in one pass."""
-    n_tiles_r, n_tiles_c = triton.cdiv(R, BR), triton.cdiv(C, BC)
+    n_tiles_r, n_tiles_c = cdiv(R, BR), cdiv(C, BC)
     n = n_programs(max(n_tiles_r * n_tiles_c, 1), x.device)
     parts = torch.empty(2 * n, dtype=torch.int32, device=x.device)
     _amax_pair_kernel[(n,)](x, stride_r, stride_c, R, C, parts, n_tiles_r, n_tiles_c,
@@ -119,7 +120,7 @@ def amax_pair_partials(x: torch.Tensor, stride_r: int, stride_c: int, R: int, C:
 
 def finish_amax(parts: torch.Tensor) -> torch.Tensor:
     out = torch.empty((), dtype=torch.float32, device=parts.device)
-    _amax_finish_kernel[(1,)](parts, parts.numel(), out, N_PARTS=triton.next_power_of_2(parts.numel()))
+    _amax_finish_kernel[(1,)](parts, parts.numel(), out, N_PARTS=next_pow2(parts.numel()))
     return out
 
 

@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 
 from fp4lab import formats
+from fp4lab.kernels._grid import cdiv
 from fp4lab.kernels.numerics import (
     e2m1_encode, e2m1_round, e2m1_value, fdiv, load_tile, round_to_bf16, tile_coords, uniform_tile,
 )
@@ -100,11 +101,11 @@ def mxfp4_fake_triton(x, *, scale_rule="rceil", rounding="nearest", generator=No
         raise ValueError(f"fake_quantize_mxfp4: bad shape {tuple(x.shape)} (columnwise needs 2 dims)")
     x2, stride_r, stride_c, R, C = _logical_view(x, columnwise)
     BR, BC = tile or ((64, 64) if columnwise else (32, 128))
-    Cp = triton.cdiv(C, 32) * 32
-    C_out = triton.cdiv(C, 16) * 16 if rht else C
+    Cp = cdiv(C, 32) * 32
+    C_out = cdiv(C, 16) * 16 if rht else C
     inner = torch.bfloat16 if rht else x.dtype
     out = torch.empty((R, C_out), dtype=inner, device=x.device)
-    n_tiles_r, n_tiles_c = triton.cdiv(R, BR), triton.cdiv(Cp, BC)
+    n_tiles_r, n_tiles_c = cdiv(R, BR), cdiv(Cp, BC)
     if n_tiles_r * n_tiles_c:
         _mxfp4_fake_kernel[(n_tiles_r * n_tiles_c,)](
             x2, stride_r, stride_c, R, C, C_out, Cp, out, _stochastic_seed(rounding, generator),

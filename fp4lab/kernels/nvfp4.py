@@ -19,6 +19,7 @@ import triton.language as tl
 
 from fp4lab import formats
 from fp4lab.formats._checks import check_input
+from fp4lab.kernels._grid import cdiv, next_pow2
 from fp4lab.kernels.amax import amax_pair_partials, amax_partials, amax_partials_rht
 from fp4lab.kernels.numerics import (
     FP32_MAX, e2m1_encode, e2m1_round, e2m1_value, e4m3_encode, e4m3_value, fdiv, load_tile, reduce_amax_bits,
@@ -181,8 +182,13 @@ def _nvfp4_dequant_kernel(codes_ptr, scales_ptr, amax_ptr, out_ptr, R, C, Cp,
     tl.store(out_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], v, mask=rmask & (cols[None, :] < C))
 
 
+# read once, as triton.jit reads it when the kernels are defined (an os.environ lookup per call cost
+# several microseconds of host time in the hot path)
+_INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    return _INTERPRETING
 
 
 def _logical_view(x: torch.Tensor, columnwise: bool):
@@ -244,9 +250,9 @@ def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", sca
     if vec_r is None:
         vec_r = VEC_COLUMNWISE if columnwise and not rht and BC == 16 else 0
     dot_fp32 = interpreting() or x.dtype != torch.bfloat16
-    Cp = triton.cdiv(C, 16) * 16
+    Cp = cdiv(C, 16) * 16
     C_out = Cp if rht else C  # random_hadamard_16 returns the padded length
-    R_out = triton.cdiv(R, 16) * 16 if block_2d else R
+    R_out = cdiv(R, 16) * 16 if block_2d else R
 
     write_amax = global_amax is None and not fake  # fake-quantize returns no amax
     if global_amax is None:
@@ -270,7 +276,7 @@ def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", sca
         codes = torch.empty((R_out, Cp // 2), dtype=torch.uint8, device=dev)
         scales = torch.empty((R_out, Cp // 16), dtype=torch.uint8, device=dev)
         out = codes
-    n_tiles_r, n_tiles_c = triton.cdiv(R_out, BR), triton.cdiv(Cp, BC)
+    n_tiles_r, n_tiles_c = cdiv(R_out, BR), cdiv(Cp, BC)
     if n_tiles_r * n_tiles_c == 0:
         if write_amax:
             amax_out.zero_()
@@ -282,7 +288,7 @@ def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", sca
             ORDER=ORDERS[scale_order], BLOCK_2D=block_2d, STOCHASTIC=rounding == "stochastic", RHT=rht,
             DOT_FP32=dot_fp32, QUANT=not fake, FAKE=fake, WRITE_AMAX=write_amax,
             INNER_DTYPE=_tl_dtype(inner), TILES_C_MAJOR=columnwise,
-            N_SRC=max(triton.next_power_of_2(parts.numel()), 2), BR=BR, BC=BC, VEC_R=vec_r,
+            N_SRC=max(next_pow2(parts.numel()), 2), BR=BR, BC=BC, VEC_R=vec_r,
             num_warps=num_warps,
             enable_fp_fusion=False,  # no fma contraction: every product is rounded like the reference
         )
@@ -301,9 +307,12 @@ def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", sca
     )
 
 
+_TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32,
+              torch.float64: tl.float64}
+
+
 def _tl_dtype(dtype: torch.dtype):
-    return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32,
-            torch.float64: tl.float64}[dtype]
+    return _TL_DTYPES[dtype]
 
 
 def dequantize_nvfp4_triton(t: formats.NVFP4Tensor, dtype: torch.dtype = torch.bfloat16,
@@ -315,7 +324,7 @@ def dequantize_nvfp4_triton(t: formats.NVFP4Tensor, dtype: torch.dtype = torch.b
     R = 1
     for n in t.shape[:-1]:
         R *= n
-    Cp = triton.cdiv(C, 16) * 16
+    Cp = cdiv(C, 16) * 16
     codes = t.codes.reshape(-1, Cp // 2)
     scales = t.scales.reshape(-1, Cp // 16).view(torch.uint8)
     if codes.shape[0] < R or scales.shape[0] != codes.shape[0]:
@@ -325,7 +334,7 @@ def dequantize_nvfp4_triton(t: formats.NVFP4Tensor, dtype: torch.dtype = torch.b
                       device=codes.device)
     BR, BC = tile
     if R and C:
-        grid = (triton.cdiv(R, BR), triton.cdiv(Cp, BC))
+        grid = (cdiv(R, BR), cdiv(Cp, BC))
         _nvfp4_dequant_kernel[grid](codes.contiguous(), scales.contiguous(), t.global_amax.float().reshape(()),
                                     out, R, C, Cp, ORDER=ORDERS[t.scale_order],
                                     OUT_BF16=out.dtype == torch.bfloat16, BR=BR, BC=BC, num_warps=4,

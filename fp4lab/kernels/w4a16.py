@@ -42,6 +42,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fp4lab.kernels._grid import cdiv
+
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
@@ -453,7 +455,7 @@ def dequantize_kernel_layout(words, scales_t, g, dtype=torch.bfloat16) -> torch.
         return v.flatten(-2).to(dtype).t()
     out = torch.empty(8 * kw, n, dtype=dtype, device=words.device)
     br, bn = 16, 256
-    _dequant_t_kernel[(triton.cdiv(kw, br), triton.cdiv(n, bn))](
+    _dequant_t_kernel[(cdiv(kw, br), cdiv(n, bn))](
         words, scales_t.view(torch.uint8), g, out, n, 8 * kw, BLOCK_R=br, BLOCK_N=bn)
     return out
 
@@ -464,8 +466,8 @@ def _launch(cfg: Config, x, words, scales_t, g, bias, y):
     if cfg.kind == "cublas":
         wt = dequantize_kernel_layout(words, scales_t, g, torch.bfloat16)
         return torch.nn.functional.linear(x, wt.t(), None if bias is None else bias.to(torch.bfloat16))
-    tiles_m = triton.cdiv(m, cfg.block_m)
-    tiles_n = triton.cdiv(n, cfg.block_n)
+    tiles_m = cdiv(m, cfg.block_m)
+    tiles_n = cdiv(n, cfg.block_n)
     if cfg.split_k > 1:
         ws, cnt = _workspace(x.device, m * n, tiles_m * tiles_n)
     else:
@@ -533,7 +535,7 @@ def candidates(m: int, n: int, k: int, sms: int = 132) -> list[Config]:
         for bn, bk in ((64, 256), (128, 256), (256, 128), (64, 512), (32, 256)):
             bk = min(bk, _pow2(k))
             for waves in (2, 4, 8):
-                out.append(Config("gemv", 1, bn, bk, _split_for(triton.cdiv(n, bn), k, bk, sms, waves), 4, 1))
+                out.append(Config("gemv", 1, bn, bk, _split_for(cdiv(n, bn), k, bk, sms, waves), 4, 1))
     bms = [min(max(_pow2(m), 16), 256)]
     if bms[0] == 256:
         bms.append(128)  # two token tiles per weight tile: dequantized twice, read from HBM once
@@ -541,12 +543,12 @@ def candidates(m: int, n: int, k: int, sms: int = 132) -> list[Config]:
         for bn, bk, warps, stages in _swap_specs(bm):
             bk = min(bk, _pow2(k))
             for waves in (1, 2, 4):
-                split = _split_for(triton.cdiv(m, bm) * triton.cdiv(n, bn), k, bk, sms, waves)
+                split = _split_for(cdiv(m, bm) * cdiv(n, bn), k, bk, sms, waves)
                 out.append(Config("swap", bm, bn, bk, split, warps, stages))
     if 1 < m <= 16:  # v3's tensor-core configs, the fastest for M = 2..16 before the swapped kernel
         for bn in (64, 128):
             for waves in (1, 4):
-                out.append(Config("dot", 16, bn, 128, _split_for(triton.cdiv(n, bn), k, 128, sms, waves), 4, 3))
+                out.append(Config("dot", 16, bn, 128, _split_for(cdiv(n, bn), k, 128, sms, waves), 4, 3))
     if m > 256:
         for kind, bm, bn in (("dot", 128, 128), ("dot", 128, 256)):
             out.append(Config(kind, bm, bn, 128, 1, 8, 3))
