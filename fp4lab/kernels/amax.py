@@ -50,36 +50,30 @@ def _amax_flat_kernel(x_ptr, n, parts_ptr, BLOCK: tl.constexpr):
 
 @triton.jit
 def _amax_rht_kernel(x_ptr, stride_r, stride_c, R, C, parts_ptr, n_tiles_r, n_tiles_c,
-                     BR: tl.constexpr, BC: tl.constexpr, DOT_FP32: tl.constexpr, TILES_C_MAJOR: tl.constexpr):
+                     BR: tl.constexpr, BC: tl.constexpr, DOT_FP32: tl.constexpr, TILES_C_MAJOR: tl.constexpr,
+                     PLAIN: tl.constexpr):
     # amax of the BF16-rounded RHT output, tile by tile (the quantizer recomputes the transform); tiles
-    # in x's memory order, so the quantizer's reversed walk finds the last ones in L2
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
-    acc = tl.zeros([BR, BC], dtype=tl.int32)
-    for tile in range(pid, n_tiles_r * n_tiles_c, nprog):
-        tr, tc = tile_coords(tile, n_tiles_r, n_tiles_c, TILES_C_MAJOR)
-        t = load_tile(x_ptr, stride_r, stride_c, R, C, tr * BR, tc * BC, BR, BC, True, DOT_FP32, 0)
-        acc = tl.maximum(acc, tl.abs(t).to(tl.int32, bitcast=True))
-    tl.store(parts_ptr + pid, tl.max(tl.max(acc, axis=1), axis=0))
-
-
-@triton.jit
-def _amax_pair_kernel(x_ptr, stride_r, stride_c, R, C, parts_ptr, n_tiles_r, n_tiles_c,
-                      BR: tl.constexpr, BC: tl.constexpr, DOT_FP32: tl.constexpr, TILES_C_MAJOR: tl.constexpr):
-    # one read of x for both global amaxes a layer needs: |t| (rowwise operand) and |RHT(t)| (the
-    # columnwise Wgrad operand), on the RHT pass's tiles so the transformed values are the same
+    # in x's memory order, so the quantizer's reversed walk finds the last ones in L2. PLAIN: also max |t|
+    # from the same read (a layer needs both: the rowwise operand and the columnwise Wgrad one), stored
+    # first, the RHT maxima after it
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     acc = tl.zeros([BR, BC], dtype=tl.int32)
     acc_h = tl.zeros([BR, BC], dtype=tl.int32)
     for tile in range(pid, n_tiles_r * n_tiles_c, nprog):
         tr, tc = tile_coords(tile, n_tiles_r, n_tiles_c, TILES_C_MAJOR)
-        t = load_tile(x_ptr, stride_r, stride_c, R, C, tr * BR, tc * BC, BR, BC, False, DOT_FP32, 0)
-        acc = tl.maximum(acc, tl.abs(t).to(tl.int32, bitcast=True))
-        h = rht_rows(t, BR, BC, DOT_FP32)
+        if PLAIN:
+            t = load_tile(x_ptr, stride_r, stride_c, R, C, tr * BR, tc * BC, BR, BC, False, DOT_FP32, 0)
+            acc = tl.maximum(acc, tl.abs(t).to(tl.int32, bitcast=True))
+            h = rht_rows(t, BR, BC, DOT_FP32)
+        else:
+            h = load_tile(x_ptr, stride_r, stride_c, R, C, tr * BR, tc * BC, BR, BC, True, DOT_FP32, 0)
         acc_h = tl.maximum(acc_h, tl.abs(h).to(tl.int32, bitcast=True))
-    tl.store(parts_ptr + pid, tl.max(tl.max(acc, axis=1), axis=0))
-    tl.store(parts_ptr + nprog + pid, tl.max(tl.max(acc_h, axis=1), axis=0))
+    if PLAIN:
+        tl.store(parts_ptr + pid, tl.max(tl.max(acc, axis=1), axis=0))
+        tl.store(parts_ptr + nprog + pid, tl.max(tl.max(acc_h, axis=1), axis=0))
+    else:
+        tl.store(parts_ptr + pid, tl.max(tl.max(acc_h, axis=1), axis=0))
 
 
 @triton.jit
@@ -95,26 +89,27 @@ def amax_partials(x: torch.Tensor) -> torch.Tensor:
     return parts
 
 
+def _rht_partials(x, stride_r, stride_c, R, C, BR, BC, dot_fp32, tiles_c_major, plain: bool) -> torch.Tensor:
+    n_tiles_r, n_tiles_c = cdiv(R, BR), cdiv(C, BC)
+    n = n_programs(max(n_tiles_r * n_tiles_c, 1), x.device)
+    parts = torch.empty((2 if plain else 1) * n, dtype=torch.int32, device=x.device)
+    _amax_rht_kernel[(n,)](x, stride_r, stride_c, R, C, parts, n_tiles_r, n_tiles_c,
+                           BR=BR, BC=BC, DOT_FP32=dot_fp32, TILES_C_MAJOR=tiles_c_major, PLAIN=plain,
+                           num_warps=4, enable_fp_fusion=False)
+    return parts
+
+
 def amax_partials_rht(x: torch.Tensor, stride_r: int, stride_c: int, R: int, C: int,
                       BR: int, BC: int, dot_fp32: bool, tiles_c_major: bool) -> torch.Tensor:
     """int32 partial maxima of |RHT(t)| for the logical view t [R, C] of x (RHT along C)."""
-    n_tiles_r, n_tiles_c = cdiv(R, BR), cdiv(C, BC)
-    parts = torch.empty(n_programs(max(n_tiles_r * n_tiles_c, 1), x.device), dtype=torch.int32, device=x.device)
-    _amax_rht_kernel[(parts.numel(),)](x, stride_r, stride_c, R, C, parts, n_tiles_r, n_tiles_c,
-                                       BR=BR, BC=BC, DOT_FP32=dot_fp32, TILES_C_MAJOR=tiles_c_major,
-                                       num_warps=4, enable_fp_fusion=False)
-    return parts
+    return _rht_partials(x, stride_r, stride_c, R, C, BR, BC, dot_fp32, tiles_c_major, False)
 
 
 def amax_pair_partials(x: torch.Tensor, stride_r: int, stride_c: int, R: int, C: int,
                        BR: int, BC: int, dot_fp32: bool, tiles_c_major: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """int32 partial maxima of |t| and of |RHT(t)| for the logical view t [R, C] of x, in one pass."""
-    n_tiles_r, n_tiles_c = cdiv(R, BR), cdiv(C, BC)
-    n = n_programs(max(n_tiles_r * n_tiles_c, 1), x.device)
-    parts = torch.empty(2 * n, dtype=torch.int32, device=x.device)
-    _amax_pair_kernel[(n,)](x, stride_r, stride_c, R, C, parts, n_tiles_r, n_tiles_c,
-                            BR=BR, BC=BC, DOT_FP32=dot_fp32, TILES_C_MAJOR=tiles_c_major,
-                            num_warps=4, enable_fp_fusion=False)
+    parts = _rht_partials(x, stride_r, stride_c, R, C, BR, BC, dot_fp32, tiles_c_major, True)
+    n = parts.numel() // 2
     return parts[:n], parts[n:]
 
 

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fp4lab import formats
 from fp4lab.kernels._grid import cdiv, next_pow2
 from fp4lab.kernels.amax import amax_partials
 from fp4lab.kernels.numerics import fdiv, reduce_amax_bits, round_to_bf16
@@ -53,9 +54,8 @@ def _fp8_tensor_fake_kernel(x_ptr, parts_ptr, n_parts, out_ptr, n,
     tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def fake_quantize_fp8_tensor(x: torch.Tensor, fmt: str = "e4m3", out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Per-tensor-scaled FP8 quantize -> dequantize of x (any shape) in out_dtype (default x.dtype);
-    Triton on any device (CPU tensors need TRITON_INTERPRET=1). Non-finite values propagate."""
+def fp8_tensor_fake_triton(x: torch.Tensor, fmt: str = "e4m3", out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The Triton path of `fake_quantize_fp8_tensor` on any device (CPU tensors need TRITON_INTERPRET=1)."""
     if fmt not in FP8_FORMATS:
         raise ValueError(f"fake_quantize_fp8_tensor: fmt must be one of {tuple(FP8_FORMATS)}, got {fmt!r}")
     out_dtype = out_dtype or x.dtype
@@ -73,3 +73,13 @@ def fake_quantize_fp8_tensor(x: torch.Tensor, fmt: str = "e4m3", out_dtype: torc
         OUT_BF16=out_dtype == torch.bfloat16, N_PARTS=max(next_pow2(parts.numel()), 2), BLOCK=BLOCK,
         num_warps=8, enable_fp_fusion=False)
     return out
+
+
+def fake_quantize_fp8_tensor(x: torch.Tensor, fmt: str = "e4m3", out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Per-tensor-scaled FP8 quantize -> dequantize of x (any shape) in out_dtype (default x.dtype):
+    the Triton kernels on CUDA, fp4lab.formats elsewhere. Non-finite values propagate."""
+    if x.is_cuda:
+        return fp8_tensor_fake_triton(x, fmt, out_dtype)
+    if fmt not in FP8_FORMATS:
+        raise ValueError(f"fake_quantize_fp8_tensor: fmt must be one of {tuple(FP8_FORMATS)}, got {fmt!r}")
+    return formats.quantize_fp8(x, fmt=fmt, nonfinite="propagate").dequantize(out_dtype or x.dtype)

@@ -217,7 +217,7 @@ def _fp8_tensor_fake(src: torch.Tensor, fmt: str, dtype: torch.dtype) -> torch.T
     """formats.quantize_fp8(granularity="tensor") -> dequantize as two Triton kernels (amax, then one
     fused elementwise pass). The eager composition it replaces (a dozen elementwise kernels) took 4.3
     of an FP8 layer's 5.3 ms fwd+bwd on an H100 (benchmarks/README.md)."""
-    return _kernels().fake_quantize_fp8_tensor(src, fmt, dtype)
+    return _kernels().fp8_tensor_fake_triton(src, fmt, dtype)
 
 
 def _fake_quantize(t, q, columnwise, generator, dtype, amax_parts=None, forward_walk=False):

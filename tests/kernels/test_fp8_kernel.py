@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from fp4lab import formats
-from fp4lab.kernels.fp8 import FP8_FORMATS, fake_quantize_fp8_tensor, fp8_round
+from fp4lab.kernels.fp8 import FP8_FORMATS, fake_quantize_fp8_tensor, fp8_round, fp8_tensor_fake_triton
 
 from ._helpers import assert_bitwise_equal, spread_input
 
@@ -48,7 +48,7 @@ def test_fp8_round_matches_torch_cast(fmt):
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
 def test_fake_quantize_fp8_tensor_matches_formats(fmt, out_dtype):
     x = spread_input(37, 70, seed=3)
-    got = fake_quantize_fp8_tensor(x, fmt, out_dtype)
+    got = fp8_tensor_fake_triton(x, fmt, out_dtype)
     ref = formats.quantize_fp8(x, fmt=fmt, nonfinite="propagate").dequantize(out_dtype)
     assert got.dtype == out_dtype
     assert_bitwise_equal(got, ref)
@@ -57,9 +57,11 @@ def test_fake_quantize_fp8_tensor_matches_formats(fmt, out_dtype):
 def test_fake_quantize_fp8_tensor_bad_input():
     with pytest.raises(ValueError, match="fmt"):
         fake_quantize_fp8_tensor(torch.zeros(4), "e3m4")
+    with pytest.raises(ValueError, match="fmt"):
+        fp8_tensor_fake_triton(torch.zeros(4), "e3m4")
     with pytest.raises(ValueError, match="out_dtype"):
-        fake_quantize_fp8_tensor(torch.zeros(4), "e4m3", torch.int8)
-    assert fake_quantize_fp8_tensor(torch.zeros(0, 3)).shape == (0, 3)
+        fp8_tensor_fake_triton(torch.zeros(4), "e4m3", torch.int8)
+    assert fp8_tensor_fake_triton(torch.zeros(0, 3)).shape == (0, 3)
 
 
 @pytest.mark.gpu
