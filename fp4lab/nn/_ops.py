@@ -156,6 +156,18 @@ def quantize(t: torch.Tensor, q: OperandQuant, *, columnwise: bool = False, gene
     """Packed quantization of a 2D operand along its last dim (of t^T with `columnwise`); amax_parts
     (NVFP4 on CUDA only) from `shared_amax_parts` skips the amax pass; forward_walk: tile order only
     (kernels.nvfp4_triton)."""
+    if isinstance(generator, int):
+        generator = _GENERATORS[generator] if not torch.compiler.is_compiling() else generator
+    if q.fmt == "nvfp4" and _opaque_under_compile(t, q, generator):
+        rht = q.rht and columnwise
+        codes, scales, amax = torch.ops.fp4lab.quantize_nvfp4(
+            t, q.block_2d, q.stochastic, q.scale_order, columnwise, rht, _key(q, generator))
+        return formats.NVFP4Tensor(codes, scales.view(torch.float8_e4m3fn), amax, _packed_shape(t, columnwise, rht),
+                                   q.scale_order, q.block_2d)
+    return _quantize(t, q, columnwise, generator, amax_parts, forward_walk)
+
+
+def _quantize(t, q, columnwise, generator, amax_parts=None, forward_walk=False):
     if q.fmt == "nvfp4":
         k = _kernels()
         if k is not None:
@@ -187,13 +199,43 @@ def fake_quantize(
     `generator` (for SR) is a CPU torch.Generator or the int key `register_generator` returned; with a
     key, torch.compile sees an opaque custom op instead of a Generator, so it does not break the graph.
     """
+    if q.fmt in _OPAQUE_FORMATS and _opaque_under_compile(t, q, generator):
+        return torch.ops.fp4lab.fake_quantize(
+            t, q.fmt, q.block_2d, q.block128, q.rht, q.stochastic, q.scale_order, q.scale_rule, columnwise,
+            _key(q, generator), dtype,
+        )
     if isinstance(generator, int):
-        if q.stochastic and torch.compiler.is_compiling():
-            return torch.ops.fp4lab.sr_fake_quantize(
-                t, q.fmt, q.block_2d, q.block128, q.rht, q.scale_order, q.scale_rule, columnwise, generator, dtype
-            )
         generator = _GENERATORS[generator]
     return _fake_quantize(t, q, columnwise, generator, dtype, amax_parts, forward_walk)
+
+
+# Under torch.compile the NVFP4 / MXFP4 operands run as opaque custom ops, so Dynamo never traces the
+# Triton launches inside them: on the GPU it turned them into user-kernel HOPs, which failed once a
+# recompile made the shapes symbolic (AssertionError in the autograd.Function HOP, torch 2.11) and
+# made tracing slow. The ops run the eager code, so compiled and eager results are the same bits,
+# and the CPU tests compile the same graph the GPU runs.
+_OPAQUE_FORMATS = ("nvfp4", "mxfp4")
+
+
+def _opaque_under_compile(t: torch.Tensor, q: OperandQuant, generator) -> bool:
+    # a Generator object cannot enter a graph: SR needs the int key from register_generator
+    keyed = generator is None or isinstance(generator, int) or not q.stochastic
+    return torch.compiler.is_compiling() and t.ndim == 2 and keyed
+
+
+def _key(q: OperandQuant, generator) -> int:
+    return generator if q.stochastic and isinstance(generator, int) else -1
+
+
+def _padded_cols(t: torch.Tensor, columnwise: bool, rht: bool):
+    """(rows, logical columns) of an operand's quantization: t^T with `columnwise`, columns padded
+    to 16 by the RHT."""
+    rows, cols = (t.shape[1], t.shape[0]) if columnwise else (t.shape[0], t.shape[1])
+    return rows, ((cols + 15) // 16 * 16 if rht else cols)
+
+
+def _packed_shape(t, columnwise, rht) -> torch.Size:
+    return torch.Size(_padded_cols(t, columnwise, rht))
 
 
 def _compiled_reference(fmt: str, kw: tuple):
@@ -251,24 +293,70 @@ def register_generator(generator: torch.Generator) -> int:
     return len(_GENERATORS) - 1
 
 
-@torch.library.custom_op("fp4lab::sr_fake_quantize", mutates_args=())
-def _sr_fake_quantize(
-    t: torch.Tensor, fmt: str, block_2d: bool, block128: bool, rht: bool, scale_order: str, scale_rule: str,
-    columnwise: bool, generator_key: int, dtype: torch.dtype,
+# tagged like torch.rand: with stochastic rounding an op draws from its generator, so two identical calls
+# differ and neither may be merged or dropped
+_SEEDED = (torch.Tag.nondeterministic_seeded,)
+
+
+@torch.library.custom_op("fp4lab::fake_quantize", mutates_args=(), tags=_SEEDED)
+def _fake_quantize_op(
+    t: torch.Tensor, fmt: str, block_2d: bool, block128: bool, rht: bool, stochastic: bool, scale_order: str,
+    scale_rule: str, columnwise: bool, generator_key: int, dtype: torch.dtype,
 ) -> torch.Tensor:
-    q = OperandQuant(fmt, block_2d, block128, rht, True, scale_order, scale_rule)
-    return _fake_quantize(t, q, columnwise, _GENERATORS[generator_key], dtype)
+    q = OperandQuant(fmt, block_2d, block128, rht, stochastic, scale_order, scale_rule)
+    gen = _GENERATORS[generator_key] if generator_key >= 0 else None
+    return _fake_quantize(t, q, columnwise, gen, dtype)
 
 
-@_sr_fake_quantize.register_fake
-def _(t, fmt, block_2d, block128, rht, scale_order, scale_rule, columnwise, generator_key, dtype):
-    if not columnwise:
-        return t.new_empty(t.shape, dtype=dtype)
-    m = t.shape[0]
-    return t.new_empty((t.shape[1], (m + 15) // 16 * 16 if rht else m), dtype=dtype)
+@_fake_quantize_op.register_fake
+def _(t, fmt, block_2d, block128, rht, stochastic, scale_order, scale_rule, columnwise, generator_key, dtype):
+    return t.new_empty(_padded_cols(t, columnwise, rht and columnwise), dtype=dtype)
+
+
+@torch.library.custom_op("fp4lab::quantize_nvfp4", mutates_args=(), tags=_SEEDED)
+def _quantize_nvfp4_op(
+    t: torch.Tensor, block_2d: bool, stochastic: bool, scale_order: str, columnwise: bool, rht: bool,
+    generator_key: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q = OperandQuant("nvfp4", block_2d=block_2d, rht=rht, stochastic=stochastic, scale_order=scale_order)
+    p = _quantize(t, q, columnwise, _GENERATORS[generator_key] if generator_key >= 0 else None)
+    # scales travel as their bytes: torch's op checks cannot compare float8 tensors
+    return p.codes, p.scales.view(torch.uint8), p.global_amax
+
+
+@_quantize_nvfp4_op.register_fake
+def _(t, block_2d, stochastic, scale_order, columnwise, rht, generator_key):
+    rows, cols = _padded_cols(t, columnwise, rht)
+    rows = (rows + 15) // 16 * 16 if block_2d else rows
+    blocks = (cols + 15) // 16
+    return (t.new_empty((rows, blocks * 8), dtype=torch.uint8),
+            t.new_empty((rows, blocks), dtype=torch.uint8),
+            t.new_empty((), dtype=torch.float32))
+
+
+@torch.library.custom_op("fp4lab::dequantize_nvfp4", mutates_args=())
+def _dequantize_nvfp4_op(
+    codes: torch.Tensor, scales: torch.Tensor, global_amax: torch.Tensor, shape: list[int], scale_order: str,
+    block_2d: bool, dtype: torch.dtype,
+) -> torch.Tensor:
+    p = formats.NVFP4Tensor(codes, scales.view(torch.float8_e4m3fn), global_amax, torch.Size(shape), scale_order,
+                            block_2d)
+    return _dequantize(p, dtype)
+
+
+@_dequantize_nvfp4_op.register_fake
+def _(codes, scales, global_amax, shape, scale_order, block_2d, dtype):
+    return codes.new_empty(shape, dtype=dtype)
 
 
 def dequantize(p, dtype=torch.bfloat16) -> torch.Tensor:
+    if torch.compiler.is_compiling() and isinstance(p, formats.NVFP4Tensor):
+        return torch.ops.fp4lab.dequantize_nvfp4(
+            p.codes, p.scales.view(torch.uint8), p.global_amax, list(p.shape), p.scale_order, p.block_2d, dtype)
+    return _dequantize(p, dtype)
+
+
+def _dequantize(p, dtype):
     k = _kernels()
     if k is not None and isinstance(p, formats.NVFP4Tensor) and hasattr(k, "dequantize_nvfp4"):
         return k.dequantize_nvfp4(p, dtype)

@@ -76,3 +76,34 @@ def test_whole_model_compiles_without_graph_breaks():
     explain = torch._dynamo.explain(lambda ids: model(ids).float().logsumexp(-1).mean().backward())(
         torch.randint(0, 64, (2, 16)))
     assert explain.graph_break_count == 0, [b.reason for b in explain.break_reasons]
+
+
+@pytest.mark.parametrize("recipe", ["nvfp4", "mxfp4"])
+def test_recompiles_for_new_shapes_match_eager(recipe):
+    """A second and third input shape recompile with symbolic sizes (Dynamo's automatic dynamic shapes);
+    each call still equals eager, bit for bit. This is where the traced Triton launches failed on the
+    GPU (torch 2.11), before the NVFP4/MXFP4 operands became opaque custom ops."""
+    torch._dynamo.reset()
+    layer = QuantLinear(32, 48, recipe=recipe)
+    compiled = torch.compile(layer, backend="aot_eager")
+    for shape in [(2, 16, 32), (3, 16, 32), (5, 32, 32)]:
+        x = torch.randn(*shape)
+        for a, b in zip(_grads(layer, x, layer), _grads(layer, x, compiled)):
+            assert torch.equal(a, b), shape
+
+
+def test_quantized_operands_are_opaque_custom_ops():
+    """Dynamo's graph holds fp4lab's custom ops for the NVFP4 operands (the same graph on CPU and GPU:
+    no Triton launch is traced), forward and backward."""
+    torch._dynamo.reset()
+    seen = set()
+
+    def backend(gm, example_inputs):
+        for mod in gm.modules():
+            seen.update(str(n.target) for n in mod.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    layer = QuantLinear(32, 48, recipe="nvfp4")
+    y = torch.compile(layer, backend=backend, fullgraph=True)(torch.randn(16, 32, requires_grad=True))
+    y.sum().backward()
+    assert {"fp4lab.fake_quantize", "fp4lab.quantize_nvfp4", "fp4lab.dequantize_nvfp4"} <= seen, sorted(seen)
