@@ -135,6 +135,12 @@ def _nvfp4_kw(q: OperandQuant, generator) -> dict:
     )
 
 
+def layout_free(q: OperandQuant | None) -> bool:
+    """Quantizing t and t^T give the same values (FP8 with one scale per tensor: no blocks, RHT or SR),
+    so one fake-quantized copy of t serves both GEMMs that read it, the second as a transposed view."""
+    return q is not None and q.fmt.startswith("fp8") and not q.block128 and not q.rht and not q.stochastic
+
+
 def has_packed_kernel(q: OperandQuant) -> bool:
     """Whether `quantize` of this operand runs a fused kernel (NVFP4 with fp4lab.kernels)."""
     return q.fmt == "nvfp4" and _kernels() is not None

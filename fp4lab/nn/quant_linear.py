@@ -6,7 +6,8 @@ Wgrad  dW = Q_sr(H dy)^T Q(H x)    (both blocked along tokens, H = 16x16 RHT alo
 Quantized operands are dequantized to BF16 and multiplied with FP32 accumulation (emulation of a
 block-scaled FP4 GEMM on tensor cores that have none); dW is accumulated in FP32. Backward keeps
 only the columnwise (post-RHT) quantized x, packed for NVFP4 (4.5 bits per value; MXFP4 and FP8
-keep it as BF16 values), and re-quantizes W from the parameter it already holds.
+keep it as BF16 values), and re-quantizes W from the parameter it already holds. With one FP8 scale
+per tensor, t and t^T quantize to the same values: Fprop's Q(x) and Dgrad's Q(dy) serve Wgrad too.
 """
 from __future__ import annotations
 
@@ -76,6 +77,9 @@ class _QuantLinearFn(torch.autograd.Function):
         if plan.wgrad_x is None:
             saved.append(x2d)
             metas["x"] = None
+        elif plan.wgrad_x == plan.fprop_x and _ops.layout_free(plan.wgrad_x):
+            saved.append(xq)  # Wgrad reads Fprop's values through a transposed view: no second pass
+            metas["x"] = "fprop"
         elif _ops.has_packed_kernel(plan.wgrad_x):
             xp = _ops.quantize(_pad_rows(x2d, _col_block(plan.wgrad_x)), plan.wgrad_x, columnwise=True,
                                amax_parts=x_parts_wgrad, forward_walk=x_parts_wgrad is not None)
@@ -120,13 +124,18 @@ class _QuantLinearFn(torch.autograd.Function):
         dy_parts = dy_parts_wgrad = None
         if need_dx and need_dw and metas["x"] is not None:
             dy_parts, dy_parts_wgrad = _ops.shared_amax_parts(dy2d, plan.dgrad_dy, plan.wgrad_dy)
-        if need_dx:
+        shared_dy = metas["x"] == "fprop" and plan.wgrad_dy == plan.dgrad_dy and _ops.layout_free(plan.wgrad_dy)
+        if need_dx or shared_dy:
             dyq = (_ops.fake_quantize(dy2d, plan.dgrad_dy, generator=gen, amax_parts=dy_parts)
                    if plan.dgrad_dy is not None else dy2d)
         if need_dw:
             if metas["x"] is None:
                 x_km = rest[0].t()
                 dy_nm = dy2d.t()
+            elif metas["x"] == "fprop":  # [M, K] values, no token padding (it adds nothing to dW)
+                x_km = rest[0].t()
+                dy_nm = dyq.t() if shared_dy else _ops.fake_quantize(dy2d, plan.wgrad_dy, columnwise=True,
+                                                                     generator=gen)
             else:
                 dy_pad = _pad_rows(dy2d, _col_block(plan.wgrad_dy))
                 dy_nm = _ops.fake_quantize(dy_pad, plan.wgrad_dy, columnwise=True, generator=gen,

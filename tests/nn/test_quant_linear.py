@@ -313,3 +313,19 @@ def test_fp8_tensor_fast_path_matches_the_reference(fmt, case):
     assert got.shape == ref.shape and got.dtype == torch.bfloat16
     assert torch.equal(got.isnan(), ref.isnan())
     assert torch.equal(got.nan_to_num(), ref.nan_to_num())
+
+
+@pytest.mark.parametrize("recipe,passes", [("fp8", 4), ("fp8:fp8_grad_format=e4m3", 4), ("fp8-block", 6)])
+def test_fp8_per_tensor_quantizes_x_and_dy_once(recipe, passes, monkeypatch):
+    # one scale per tensor: Q(t^T) = Q(t)^T, so Wgrad reads Fprop's Q(x) and Dgrad's Q(dy) transposed
+    # (W: Fprop, then Dgrad re-quantizes the parameter); 1x128 blocks run along the other dim in Wgrad
+    calls = []
+    real = _ops.fake_quantize
+    monkeypatch.setattr(_ops, "fake_quantize", lambda t, q, **kw: calls.append(kw.get("columnwise", False)) or real(t, q, **kw))
+    x, w, b, dy = _inputs(M=128, K=128, N=128)
+    y, dx, dw, _ = run_layer(recipe, x, w, b, dy)
+    assert len(calls) == passes and any(calls) == recipe.startswith("fp8-block"), calls
+    if not recipe.startswith("fp8-block"):
+        fmt, gfmt = "fp8_e4m3", "fp8_e4m3" if "e4m3" in recipe else "fp8_e5m2"
+        fq = lambda t, f: fm.fake_quantize(t.reshape(-1, t.shape[-1]), f).to(torch.bfloat16).float()  # noqa: E731
+        assert torch.equal(dw, fq(dy, gfmt).t() @ fq(x, fmt))
