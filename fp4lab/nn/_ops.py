@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from fp4lab import formats
+from fp4lab.formats._checks import check_not_capturing
 from fp4lab.recipes import RecipeConfig
 
 
@@ -123,6 +124,7 @@ def _device_generator(generator, device: torch.device):
     from the CPU one (a host-side draw, so no device sync)."""
     if generator is None or device.type == generator.device.type:
         return generator
+    check_not_capturing("stochastic rounding")
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     return torch.Generator(device=device).manual_seed(seed)
 

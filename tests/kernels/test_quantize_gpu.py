@@ -97,3 +97,14 @@ def test_shared_amax_parts_large(rht):
         assert torch.equal(a.global_amax, b.global_amax)
     assert torch.equal(kernels.fake_quantize_nvfp4(pad, columnwise=True, rht=rht, amax_parts=cols),
                        kernels.fake_quantize_nvfp4(pad, columnwise=True, rht=rht))
+
+
+def test_stochastic_rounding_refuses_cuda_graph_capture():
+    x = spread_input(256, 512, device="cuda")
+    kernels.fake_quantize_nvfp4(x)  # warm up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="CUDA graph"):
+        with torch.cuda.graph(graph):
+            kernels.fake_quantize_nvfp4(x, rounding="stochastic", generator=torch.Generator().manual_seed(0))
+    with torch.cuda.graph(torch.cuda.CUDAGraph()):  # round-to-nearest captures
+        kernels.fake_quantize_nvfp4(x)

@@ -50,3 +50,15 @@ def test_cuda_generator_is_refused_for_stochastic_rounding():
         device = torch.device("cuda")
     with pytest.raises(ValueError, match="CPU torch.Generator"):
         kernels.nvfp4_triton(torch.randn(4, 16), rounding="stochastic", generator=FakeGen())
+
+
+def test_stochastic_rounding_refuses_cuda_graph_capture(monkeypatch):
+    # a capture would freeze the host-drawn seed: every replay would repeat the same random numbers
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    x = spread_input(16, 32)
+    with pytest.raises(RuntimeError, match="CUDA graph"):
+        kernels.nvfp4_triton(x, rounding="stochastic", generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match="CUDA graph"):
+        kernels.mxfp4_fake_triton(x, rounding="stochastic", generator=torch.Generator().manual_seed(0))
+    kernels.nvfp4_triton(x)  # round-to-nearest has nothing to freeze
