@@ -10,11 +10,14 @@ import triton
 import triton.language as tl
 
 from fp4lab import formats
+from fp4lab.formats import seeds
 from fp4lab.kernels._grid import cdiv
 from fp4lab.kernels.numerics import (
     e2m1_encode, e2m1_round, e2m1_value, fdiv, load_tile, round_to_bf16, tile_coords, uniform_tile,
 )
-from fp4lab.kernels.nvfp4 import ROUNDINGS, _logical_view, _reference_operand, _stochastic_seed, _tl_dtype, interpreting
+from fp4lab.kernels.nvfp4 import (
+    ROUNDINGS, _logical_view, _reference_generator, _reference_operand, _stochastic_seed, _tl_dtype, interpreting,
+)
 from fp4lab.formats._checks import check_input
 
 RULES = {"floor": 0, "rceil": 1}
@@ -54,8 +57,9 @@ def mx_block_scale(amax_bits, RULE: tl.constexpr):
 
 @triton.jit
 def _mxfp4_fake_kernel(
-    x_ptr, stride_r, stride_c, R, C, C_out, Cp, out_ptr, seed, n_tiles_r, n_tiles_c,
-    RULE: tl.constexpr, STOCHASTIC: tl.constexpr, RHT: tl.constexpr, DOT_FP32: tl.constexpr,
+    x_ptr, stride_r, stride_c, R, C, C_out, Cp, out_ptr, seed, seed_ptr, n_tiles_r, n_tiles_c,
+    RULE: tl.constexpr, STOCHASTIC: tl.constexpr, SEED_FROM_PTR: tl.constexpr, RHT: tl.constexpr,
+    DOT_FP32: tl.constexpr,
     INNER_DTYPE: tl.constexpr, TILES_C_MAJOR: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -75,7 +79,11 @@ def _mxfp4_fake_kernel(
     rows = r0 + tl.arange(0, BR)
     cols = c0 + tl.arange(0, BC)
     if STOCHASTIC:
-        u = uniform_tile(seed, r0, c0, Cp, BR, BC)
+        if SEED_FROM_PTR:
+            s = tl.load(seed_ptr)
+        else:
+            s = seed
+        u = uniform_tile(s, r0, c0, Cp, BR, BC)
     else:
         u = 0.0
     if STOCHASTIC:
@@ -106,13 +114,17 @@ def mxfp4_fake_triton(x, *, scale_rule="rceil", rounding="nearest", generator=No
     inner = torch.bfloat16 if rht else x.dtype
     out = torch.empty((R, C_out), dtype=inner, device=x.device)
     n_tiles_r, n_tiles_c = cdiv(R, BR), cdiv(Cp, BC)
+    seed, seed_state = _stochastic_seed(rounding, generator, x.device)
     if n_tiles_r * n_tiles_c:
         _mxfp4_fake_kernel[(n_tiles_r * n_tiles_c,)](
-            x2, stride_r, stride_c, R, C, C_out, Cp, out, _stochastic_seed(rounding, generator),
-            n_tiles_r, n_tiles_c, RULE=RULES[scale_rule], STOCHASTIC=rounding == "stochastic", RHT=rht,
+            x2, stride_r, stride_c, R, C, C_out, Cp, out, seed, x2 if seed_state is None else seed_state,
+            n_tiles_r, n_tiles_c, RULE=RULES[scale_rule], STOCHASTIC=rounding == "stochastic",
+            SEED_FROM_PTR=seed_state is not None, RHT=rht,
             DOT_FP32=interpreting() or x.dtype != torch.bfloat16, INNER_DTYPE=_tl_dtype(inner),
             TILES_C_MAJOR=columnwise, BR=BR, BC=BC, num_warps=4, enable_fp_fusion=False,
         )
+    if seed_state is not None:
+        seeds.advance(seed_state)
     out = out.to(x.dtype)
     return out.reshape(*x.shape[:-1], C_out) if not columnwise and x.ndim != 2 else out
 
@@ -123,8 +135,8 @@ def fake_quantize_mxfp4(x, *, scale_rule="rceil", rounding="nearest", generator=
     x.dtype; bit-exact with fp4lab.formats for round-to-nearest. Non-finite blocks give NaN blocks."""
     if not x.is_cuda:
         t = _reference_operand(x, columnwise, rht)
-        q = formats.quantize_mxfp4(t, scale_rule=scale_rule, rounding=rounding, generator=generator,
-                                   nonfinite="propagate")
+        q = formats.quantize_mxfp4(t, scale_rule=scale_rule, rounding=rounding,
+                                   generator=_reference_generator(generator), nonfinite="propagate")
         return q.dequantize(t.dtype).to(x.dtype)
     return mxfp4_fake_triton(x, scale_rule=scale_rule, rounding=rounding, generator=generator,
                              columnwise=columnwise, rht=rht)

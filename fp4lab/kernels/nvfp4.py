@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from fp4lab import formats
+from fp4lab.formats import seeds
 from fp4lab.formats._checks import check_input, check_not_capturing
 from fp4lab.kernels._grid import cdiv, next_pow2
 from fp4lab.kernels.amax import amax_pair_partials, amax_partials, amax_partials_rht
@@ -84,8 +85,8 @@ def block_scales(amax, amax_b, ORDER: tl.constexpr):
 def _nvfp4_kernel(
     x_ptr, stride_r, stride_c, R, C, R_out, C_out, Cp,
     amax_src_ptr, n_amax_src, amax_out_ptr,
-    codes_ptr, scales_ptr, out_ptr, seed, n_tiles_r, n_tiles_c, forward_walk,
-    ORDER: tl.constexpr, BLOCK_2D: tl.constexpr, STOCHASTIC: tl.constexpr, RHT: tl.constexpr,
+    codes_ptr, scales_ptr, out_ptr, seed, seed_ptr, n_tiles_r, n_tiles_c, forward_walk,
+    ORDER: tl.constexpr, BLOCK_2D: tl.constexpr, STOCHASTIC: tl.constexpr, SEED_FROM_PTR: tl.constexpr, RHT: tl.constexpr,
     DOT_FP32: tl.constexpr, QUANT: tl.constexpr, FAKE: tl.constexpr, WRITE_AMAX: tl.constexpr,
     INNER_DTYPE: tl.constexpr, TILES_C_MAJOR: tl.constexpr, N_SRC: tl.constexpr,
     BR: tl.constexpr, BC: tl.constexpr, VEC_R: tl.constexpr,
@@ -122,7 +123,11 @@ def _nvfp4_kernel(
     rows = r0 + tl.arange(0, BR)
     cols = c0 + tl.arange(0, BC)
     if STOCHASTIC:
-        u = uniform_tile(seed, r0, c0, Cp, BR, BC)
+        if SEED_FROM_PTR:
+            s = tl.load(seed_ptr)
+        else:
+            s = seed
+        u = uniform_tile(s, r0, c0, Cp, BR, BC)
     else:
         u = 0.0
     if QUANT or STOCHASTIC:
@@ -202,15 +207,25 @@ def _logical_view(x: torch.Tensor, columnwise: bool):
     return x2, K, 1, M, K
 
 
-def _stochastic_seed(rounding: str, generator) -> int:
+def _stochastic_seed(rounding: str, generator, device):
+    """(seed, seed state or None) for the kernel. `generator` is a CPU torch.Generator (a seed drawn on
+    the host now) or a seed state (fp4lab.formats.seeds: read by the kernel, advanced after it)."""
     if rounding != "stochastic":
-        return 0
+        return 0, None
+    if seeds.is_seed_state(generator):
+        seeds.check_seed_state(generator, device, "stochastic rounding")
+        return 0, generator
     if generator is not None and generator.device.type != "cpu":
-        raise ValueError("stochastic rounding takes its seed from a CPU torch.Generator; a "
+        raise ValueError("stochastic rounding takes its seed from a CPU torch.Generator or a seed state; a "
                          f"{generator.device.type} generator would force a host sync")
     check_not_capturing("stochastic rounding kernel")
     # drawn on the host from a CPU generator: reproducible and never waits for the GPU
-    return int(torch.randint(2**31 - 1, (1,), generator=generator))
+    return int(torch.randint(2**31 - 1, (1,), generator=generator)), None
+
+
+def _reference_generator(generator):
+    """What the fp4lab.formats reference takes for `generator` (a seed state becomes a Generator)."""
+    return seeds.take_generator(generator) if seeds.is_seed_state(generator) else generator
 
 
 def _check_args(x, fn, block_2d, rounding, scale_order, nonfinite):
@@ -278,6 +293,7 @@ def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", sca
         scales = torch.empty((R_out, Cp // 16), dtype=torch.uint8, device=dev)
         out = codes
     n_tiles_r, n_tiles_c = cdiv(R_out, BR), cdiv(Cp, BC)
+    seed, seed_state = _stochastic_seed(rounding, generator, dev)
     if n_tiles_r * n_tiles_c == 0:
         if write_amax:
             amax_out.zero_()
@@ -285,14 +301,17 @@ def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", sca
         _nvfp4_kernel[(n_tiles_r * n_tiles_c,)](
             x2, stride_r, stride_c, R, C, R_out, C_out, Cp,
             parts, parts.numel(), amax_out, codes, scales, out,
-            _stochastic_seed(rounding, generator), n_tiles_r, n_tiles_c, int(forward_walk),
-            ORDER=ORDERS[scale_order], BLOCK_2D=block_2d, STOCHASTIC=rounding == "stochastic", RHT=rht,
+            seed, x2 if seed_state is None else seed_state, n_tiles_r, n_tiles_c, int(forward_walk),
+            ORDER=ORDERS[scale_order], BLOCK_2D=block_2d, STOCHASTIC=rounding == "stochastic",
+            SEED_FROM_PTR=seed_state is not None, RHT=rht,
             DOT_FP32=dot_fp32, QUANT=not fake, FAKE=fake, WRITE_AMAX=write_amax,
             INNER_DTYPE=_tl_dtype(inner), TILES_C_MAJOR=columnwise,
             N_SRC=max(next_pow2(parts.numel()), 2), BR=BR, BC=BC, VEC_R=vec_r,
             num_warps=num_warps,
             enable_fp_fusion=False,  # no fma contraction: every product is rounded like the reference
         )
+    if seed_state is not None:
+        seeds.advance(seed_state)  # after the launch in stream order: the kernel read the old seed
     if fake:
         out = out if out_dtype == inner else out.to(out_dtype)
         return out.reshape(*x.shape[:-1], C_out) if not columnwise and x.ndim != 2 else out
@@ -387,7 +406,7 @@ def quantize_nvfp4(x, *, block_2d=False, global_amax=None, rounding="nearest", s
             global_amax = _parts_amax(amax_parts)
         return formats.quantize_nvfp4(_reference_operand(x, columnwise, rht), block_2d=block_2d,
                                       global_amax=global_amax, rounding=rounding, scale_order=scale_order,
-                                      generator=generator, nonfinite=nonfinite)
+                                      generator=_reference_generator(generator), nonfinite=nonfinite)
     return nvfp4_triton(x, block_2d=block_2d, global_amax=global_amax, rounding=rounding,
                         scale_order=scale_order, generator=generator, columnwise=columnwise, rht=rht,
                         nonfinite=nonfinite, amax_parts=amax_parts, forward_walk=forward_walk)
@@ -403,7 +422,8 @@ def fake_quantize_nvfp4(x, *, block_2d=False, global_amax=None, rounding="neares
             global_amax = _parts_amax(amax_parts)
         t = _reference_operand(x, columnwise, rht)
         q = formats.quantize_nvfp4(t, block_2d=block_2d, global_amax=global_amax, rounding=rounding,
-                                   scale_order=scale_order, generator=generator, nonfinite="propagate")
+                                   scale_order=scale_order, generator=_reference_generator(generator),
+                                   nonfinite="propagate")
         return q.dequantize(t.dtype).to(out_dtype or x.dtype)
     return nvfp4_triton(x, block_2d=block_2d, global_amax=global_amax, rounding=rounding,
                         scale_order=scale_order, generator=generator, columnwise=columnwise, rht=rht,

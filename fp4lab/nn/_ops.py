@@ -8,11 +8,13 @@ through `fp4lab.kernels` (Triton on CUDA) when it provides the op, else through 
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from dataclasses import dataclass
 
 import torch
 
 from fp4lab import formats
+from fp4lab.formats import seeds
 from fp4lab.formats._checks import check_not_capturing
 from fp4lab.recipes import RecipeConfig
 
@@ -120,8 +122,10 @@ def _columnwise(t: torch.Tensor, q: OperandQuant) -> torch.Tensor:
 
 
 def _device_generator(generator, device: torch.device):
-    """The reference draws its uniforms on the tensor's device; off-CPU, seed a generator there
-    from the CPU one (a host-side draw, so no device sync)."""
+    """The reference draws its uniforms on the tensor's device: a Generator there, seeded from a seed
+    state (read on the host: a sync on a GPU, only without the kernels) or from a CPU Generator's draw."""
+    if seeds.is_seed_state(generator):
+        return seeds.take_generator(generator, device)
     if generator is None or device.type == generator.device.type:
         return generator
     check_not_capturing("stochastic rounding")
@@ -164,8 +168,8 @@ def quantize(t: torch.Tensor, q: OperandQuant, *, columnwise: bool = False, gene
     """Packed quantization of a 2D operand along its last dim (of t^T with `columnwise`); amax_parts
     (NVFP4 on CUDA only) from `shared_amax_parts` skips the amax pass; forward_walk: tile order only
     (kernels.nvfp4_triton)."""
-    if isinstance(generator, int):
-        generator = _GENERATORS[generator] if not torch.compiler.is_compiling() else generator
+    if isinstance(generator, int) and not torch.compiler.is_compiling():
+        generator = sr_state(generator)
     if q.fmt == "nvfp4" and _opaque_under_compile(t, q, generator):
         rht = q.rht and columnwise
         codes, scales, amax = torch.ops.fp4lab.quantize_nvfp4(
@@ -204,8 +208,8 @@ def fake_quantize(
 ) -> torch.Tensor:
     """quantize -> dequantize of a 2D operand, in `dtype`; [K, M] (t^T, RHT-ed if q.rht) with `columnwise`.
 
-    `generator` (for SR) is a CPU torch.Generator or the int key `register_generator` returned; with a
-    key, torch.compile sees an opaque custom op instead of a Generator, so it does not break the graph.
+    `generator` (for SR): a seed state (fp4lab.formats.seeds), the int key of a layer's seed state from
+    `register_sr_source` (what torch.compile graphs carry), or a CPU torch.Generator (a host draw).
     """
     if q.fmt in _OPAQUE_FORMATS and _opaque_under_compile(t, q, generator):
         return torch.ops.fp4lab.fake_quantize(
@@ -213,7 +217,7 @@ def fake_quantize(
             _key(q, generator), dtype,
         )
     if isinstance(generator, int):
-        generator = _GENERATORS[generator]
+        generator = sr_state(generator)
     return _fake_quantize(t, q, columnwise, generator, dtype, amax_parts, forward_walk)
 
 
@@ -226,7 +230,7 @@ _OPAQUE_FORMATS = ("nvfp4", "mxfp4")
 
 
 def _opaque_under_compile(t: torch.Tensor, q: OperandQuant, generator) -> bool:
-    # a Generator object cannot enter a graph: SR needs the int key from register_generator
+    # a Generator or tensor object cannot enter the op: SR needs the int key from register_sr_source
     keyed = generator is None or isinstance(generator, int) or not q.stochastic
     return torch.compiler.is_compiling() and t.ndim == 2 and keyed
 
@@ -292,13 +296,21 @@ def _fake_quantize(t, q, columnwise, generator, dtype, amax_parts=None, forward_
     return dequantize(quantize(t, q, columnwise=columnwise, generator=generator), dtype)
 
 
-_GENERATORS: list[torch.Generator] = []
+_SR_SOURCES: list[weakref.ref] = []
 
 
-def register_generator(generator: torch.Generator) -> int:
-    """A process-wide int key for an SR generator (what compiled graphs carry instead of the object)."""
-    _GENERATORS.append(generator)
-    return len(_GENERATORS) - 1
+def register_sr_source(layer) -> int:
+    """A process-wide int key for a layer whose `sr_state` buffer drives its SR (compiled graphs carry
+    the key; the buffer is looked up at call time, so moving the layer to another device is fine)."""
+    _SR_SOURCES.append(weakref.ref(layer))
+    return len(_SR_SOURCES) - 1
+
+
+def sr_state(key: int) -> torch.Tensor:
+    layer = _SR_SOURCES[key]()
+    if layer is None:
+        raise RuntimeError(f"stochastic-rounding key {key}: its layer no longer exists")
+    return layer.sr_state
 
 
 # tagged like torch.rand: with stochastic rounding an op draws from its generator, so two identical calls
@@ -312,7 +324,7 @@ def _fake_quantize_op(
     scale_rule: str, columnwise: bool, generator_key: int, dtype: torch.dtype,
 ) -> torch.Tensor:
     q = OperandQuant(fmt, block_2d, block128, rht, stochastic, scale_order, scale_rule)
-    gen = _GENERATORS[generator_key] if generator_key >= 0 else None
+    gen = sr_state(generator_key) if generator_key >= 0 else None
     return _fake_quantize(t, q, columnwise, gen, dtype)
 
 
@@ -327,7 +339,7 @@ def _quantize_nvfp4_op(
     generator_key: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     q = OperandQuant("nvfp4", block_2d=block_2d, rht=rht, stochastic=stochastic, scale_order=scale_order)
-    p = _quantize(t, q, columnwise, _GENERATORS[generator_key] if generator_key >= 0 else None)
+    p = _quantize(t, q, columnwise, sr_state(generator_key) if generator_key >= 0 else None)
     # scales travel as their bytes: torch's op checks cannot compare float8 tensors
     return p.codes, p.scales.view(torch.uint8), p.global_amax
 

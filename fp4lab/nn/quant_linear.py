@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fp4lab.formats import seeds
 from fp4lab.nn import _ops
 from fp4lab.nn._ops import GemmPlan
 from fp4lab.recipes import PRESETS, RecipeConfig, get_recipe
@@ -160,7 +161,8 @@ def quant_linear(
 ) -> torch.Tensor:
     """Functional QuantLinear. Output dtype: the autocast dtype inside autocast, else x's dtype.
 
-    `generator` drives SR: a CPU Generator, or a key from `_ops.register_generator` (compile-friendly).
+    `generator` drives SR: a seed state (fp4lab.formats.seeds), a key from `_ops.register_sr_source`
+    (what QuantLinear passes; compile-friendly), or a CPU Generator (a host draw per call).
     """
     if not plan.quantized:
         return F.linear(x, weight, bias)
@@ -198,8 +200,9 @@ class QuantLinear(nn.Linear):
         self.name = name
         self.block_index = block_index
         self.seed_offset = seed_offset
-        self.generator = torch.Generator(device="cpu")
-        self.sr_key = _ops.register_generator(self.generator)
+        # SR seeds live on the layer's device (never read on the host: CUDA graphs replay fresh ones)
+        self.register_buffer("sr_state", seeds.new_seed_state(0, device=device), persistent=False)
+        self.sr_key = _ops.register_sr_source(self)
         self.set_recipe(get_recipe(recipe))
 
     @classmethod
@@ -208,7 +211,9 @@ class QuantLinear(nn.Linear):
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta", recipe=BF16, **kw)
         q.weight = linear.weight
         q.bias = linear.bias
+        q.sr_state = seeds.new_seed_state(0, device=linear.weight.device)
         q.set_recipe(get_recipe(recipe), note=note)
+        q.reseed()
         return q
 
     def set_recipe(self, recipe: RecipeConfig, forward_recipe: RecipeConfig | None = None, note: str = "") -> None:
@@ -227,12 +232,12 @@ class QuantLinear(nn.Linear):
 
     def reseed(self) -> None:
         """Restart the SR stream: seed * 1_000_003 + the layer's offset (its index in `convert`)."""
-        self.generator.manual_seed(self._seed * 1_000_003 + self.seed_offset)
+        self.sr_state.fill_(self._seed * 1_000_003 + self.seed_offset)
 
     def __setstate__(self, state):
         # a deep copy or unpickled module gets its own SR stream key (the key indexes a process-wide list)
         super().__setstate__(state)
-        self.sr_key = _ops.register_generator(self.generator)
+        self.sr_key = _ops.register_sr_source(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return quant_linear(x, self.weight, self.bias, self.plan, self.sr_key)

@@ -5,6 +5,8 @@ is the honest baseline; every other recipe goes through ``fp4lab.nn.convert``.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 BASELINE = "bf16"
@@ -63,14 +65,18 @@ def switch_recipe(model, spec: str, forward_only: bool, sr_seed: int | None = No
 
 
 def generator_states(model) -> dict:
-    """CPU generator states of the layers that own one (stochastic rounding draws from them)."""
-    return {name: m.generator.get_state() for name, m in model.named_modules()
-            if isinstance(getattr(m, "generator", None), torch.Generator)}
+    """The stochastic-rounding seed states of the layers that own one (read once per checkpoint)."""
+    return {name: int(m.sr_state) for name, m in model.named_modules()
+            if isinstance(getattr(m, "sr_state", None), torch.Tensor)}
 
 
 def set_generator_states(model, states: dict) -> None:
     mods = dict(model.named_modules())
     for name, state in states.items():
-        if name not in mods or not isinstance(getattr(mods[name], "generator", None), torch.Generator):
+        if name not in mods or not isinstance(getattr(mods[name], "sr_state", None), torch.Tensor):
             raise ValueError(f"checkpoint has a random-generator state for layer {name!r}, which this model lacks")
-        mods[name].generator.set_state(state)
+        if isinstance(state, torch.Tensor):  # a CPU Generator state, from fp4lab before device seed states
+            warnings.warn(f"checkpoint holds an old-style stochastic-rounding generator for {name!r}: its SR "
+                          f"stream restarts from the layer seed, so the resumed run is not bit-identical", stacklevel=2)
+            continue
+        mods[name].sr_state.fill_(int(state))

@@ -68,3 +68,50 @@ def test_sr_error_not_below_rne():
     # 2 * the block's decode scale) of the RNE result; the scales themselves are always RNE
     step = (2 * q.block_decode_scales()).repeat_interleave(16, -1)
     assert ((sr - rne).abs() <= step * (1 + 2**-20)).all()  # slack: 6f - 4f is rounded in fp32
+
+
+@pytest.mark.parametrize("kernel", ["nvfp4", "mxfp4"])
+def test_seed_state_is_read_on_the_device_and_advanced(kernel, monkeypatch):
+    """A seed state (one int64 on the data's device) gives the numbers of the same seed passed by value,
+    moves by SEED_STEP per call, and nothing about it is read on the host (CUDA-graph safe)."""
+    from fp4lab.formats import seeds
+    from fp4lab.kernels import nvfp4 as nv
+
+    x = torch.randn(48, 64, generator=_gen(12))
+    run = {"nvfp4": lambda g: nvfp4_triton(x, columnwise=True, rht=True, rounding="stochastic", generator=g,
+                                           fake=True),
+           "mxfp4": lambda g: mxfp4_fake_triton(x, columnwise=True, rounding="stochastic", generator=g)}[kernel]
+    state = seeds.new_seed_state(1234)
+    a = run(state)
+    assert int(state) == 1234 + seeds.SEED_STEP
+    b = run(state)
+    assert int(state) == 1234 + 2 * seeds.SEED_STEP and not torch.equal(a, b)
+    state.fill_(1234)
+    assert torch.equal(run(state), a)  # same state, same numbers
+    # the seed read through the pointer is the seed passed by value
+    real = nv._stochastic_seed
+    monkeypatch.setattr(nv, "_stochastic_seed", lambda r, g, d: (1234, None) if r == "stochastic" else real(r, g, d))
+    if kernel == "mxfp4":
+        import fp4lab.kernels.mxfp4 as mx
+        monkeypatch.setattr(mx, "_stochastic_seed", nv._stochastic_seed)
+    assert torch.equal(run(None), a)
+
+
+def test_seed_state_errors_and_reference_fallback():
+    from fp4lab import kernels
+    from fp4lab.formats import seeds
+
+    x = torch.randn(16, 32)
+    with pytest.raises(ValueError, match="int64"):
+        nvfp4_triton(x, rounding="stochastic", generator=torch.zeros(1, dtype=torch.int32))
+    with pytest.raises(ValueError, match="int64"):
+        nvfp4_triton(x, rounding="stochastic", generator=torch.zeros(2, dtype=torch.int64))
+    # off CUDA the public wrappers run the reference, seeded from the state (which advances the same way)
+    state = seeds.new_seed_state(7)
+    got = kernels.fake_quantize_nvfp4(x, rounding="stochastic", generator=state)
+    ref = formats.quantize_nvfp4(x, rounding="stochastic", generator=_gen(7)).dequantize(x.dtype)
+    assert torch.equal(got, ref) and int(state) == 7 + seeds.SEED_STEP
+    got = kernels.fake_quantize_mxfp4(x, rounding="stochastic", generator=state)
+    ref = formats.quantize_mxfp4(x, scale_rule="rceil", rounding="stochastic",
+                                 generator=_gen(7 + seeds.SEED_STEP)).dequantize(x.dtype)
+    assert torch.equal(got, ref) and int(state) == 7 + 2 * seeds.SEED_STEP

@@ -2,7 +2,7 @@
 
 Round-to-nearest quantization is bit-exact with the CPU reference, so with SR off the layer must
 match the CPU layer up to GEMM accumulation order; SR uses the kernels' Philox stream (seeded from
-the layer's CPU generator), so it is checked for reproducibility and unbiasedness, not bits.
+the layer's seed state), so it is checked for reproducibility and unbiasedness, not bits.
 """
 import pytest
 import torch
@@ -120,3 +120,43 @@ def test_inductor_recompiles_for_new_shapes(recipe, tol):
         y.backward(dy)
         for a, b in zip((y.float(), xx.grad.float(), layer.weight.grad.float()), eager):
             assert _rel(a, b) < tol, tokens
+
+
+def test_cuda_graph_replays_draw_fresh_sr_seeds():
+    # the seed state lives on the GPU and is advanced inside the graph: each replay rounds with new
+    # random numbers, the same ones an eager step from the same state uses
+    from fp4lab.formats import seeds
+
+    torch.manual_seed(0)
+    layer = QuantLinear(256, 512, recipe="nvfp4", device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(1024, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn(1024, 512, device="cuda", dtype=torch.bfloat16)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (Triton compiles, cuBLAS workspaces) off the capture
+        for _ in range(2):
+            layer.weight.grad = x.grad = None
+            layer(x).backward(dy)
+    torch.cuda.current_stream().wait_stream(side)
+    layer.weight.grad = x.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        layer(x).backward(dy)
+    replays = []
+    layer.reseed()
+    start = int(layer.sr_state)
+    for _ in range(2):
+        graph.replay()
+        replays.append(layer.weight.grad.float().clone())
+    assert int(layer.sr_state) == start + 4 * seeds.SEED_STEP
+    assert not torch.equal(replays[0], replays[1])
+    for i in range(2):
+        layer.sr_state.fill_(start + 2 * i * seeds.SEED_STEP)
+        eager = _run_keep_state(layer, x.detach(), dy)
+        assert _rel(replays[i], eager) < 1e-4, i
+
+
+def _run_keep_state(layer, x, dy):
+    layer.weight.grad = None
+    layer(x.clone().requires_grad_(True)).backward(dy)
+    return layer.weight.grad.float()

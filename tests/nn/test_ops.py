@@ -2,14 +2,24 @@
 import pytest
 import torch
 
+from fp4lab.formats import seeds
 from fp4lab.nn import _ops
 
 T = torch.randn(40, 48, dtype=torch.bfloat16)
 SEEDED = ("test_schema", "test_faketensor")  # an SR call draws new numbers: eager-vs-traced outputs differ
 
 
+class _Layer:  # what register_sr_source keeps a weak reference to
+    def __init__(self):
+        self.sr_state = seeds.new_seed_state(0)
+
+
+_LAYERS = []
+
+
 def _key():
-    return _ops.register_generator(torch.Generator().manual_seed(0))
+    _LAYERS.append(_Layer())
+    return _ops.register_sr_source(_LAYERS[-1])
 
 
 @pytest.mark.parametrize("args", [

@@ -2,14 +2,15 @@
 
 The reference is written from spec table §4.1 directly (not from fp4lab.nn's plan), dequantizes each
 operand to BF16 exactly as the layer does, and multiplies in float64; the layer accumulates in fp32,
-so the tolerance is fp32 accumulation error. Stochastic rounding uses the layer's seeded generator,
-which draws first for the Dgrad copy of dy, then for the Wgrad copy.
+so the tolerance is fp32 accumulation error. Stochastic rounding uses the layer's seed state: the
+Dgrad copy of dy takes its seed, the Wgrad copy the next one.
 """
 import pytest
 import torch
 import torch.nn as nn
 
 from fp4lab import formats as fm
+from fp4lab.formats import seeds
 from fp4lab.nn import NonFiniteError, QuantLinear, _ops, debug_nonfinite
 from fp4lab.recipes import get_recipe
 
@@ -20,29 +21,31 @@ def dq(p):
     return p.dequantize(BF).double()
 
 
-def reference(recipe, x, w, b, dy, seed_gen):
-    """(y, dx, dW, db) in float64 for one recipe, operands quantized per spec §4.1."""
+def reference(recipe, x, w, b, dy, seed):
+    """(y, dx, dW, db) in float64 for one recipe, operands quantized per spec §4.1; SR as a layer whose
+    seed state starts at `seed`: Dgrad's dy draws with that seed, Wgrad's with the next one."""
     r = get_recipe(recipe)
     x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
-    g = seed_gen
+    gens = iter([None] * 2 if seed is None else
+                [torch.Generator().manual_seed(seed + i * seeds.SEED_STEP) for i in range(2)])
     sr = "stochastic" if r.stochastic_rounding else "nearest"
     if r.format == "nvfp4":
         def _nv(t, **kw):
             return dq(fm.quantize_nvfp4(t, scale_order=r.scale_order, **kw))
         xq, wq = _nv(x2), _nv(w, block_2d=r.weight_2d)
         wq_d = wq if r.weight_2d else _nv(w.t().contiguous()).t()
-        dyq = _nv(dy2, rounding=sr, generator=g)
+        dyq = _nv(dy2, rounding=sr, generator=next(gens))
         h = (lambda t: fm.random_hadamard_16(t)) if r.rht else (lambda t: t.contiguous())
-        dyc = _nv(h(dy2.t()), rounding=sr, generator=g)
+        dyc = _nv(h(dy2.t()), rounding=sr, generator=next(gens))
         xc = _nv(h(x2.t()))
     elif r.format == "mxfp4":
         def mx(t, **kw):
             return dq(fm.quantize_mxfp4(t, scale_rule=r.mxfp4_scale_rule, **kw))
         xq, wq = mx(x2), mx(w)
         wq_d = mx(w.t().contiguous()).t()
-        dyq = mx(dy2, rounding=sr, generator=g)
+        dyq = mx(dy2, rounding=sr, generator=next(gens))
         h = (lambda t: fm.random_hadamard_16(t)) if r.rht else (lambda t: t.contiguous())
-        dyc = mx(h(dy2.t()), rounding=sr, generator=g)
+        dyc = mx(h(dy2.t()), rounding=sr, generator=next(gens))
         xc = mx(h(x2.t()))
     else:
         gran = "block128" if r.format == "fp8-block" else "tensor"
@@ -116,8 +119,7 @@ def test_matches_float64_reference(recipe):
         b, dy = torch.randn(256), torch.randn(2, 128, 256)
     seed = 5
     y, dx, dw, db = run_layer(recipe, x, w, b, dy, seed=seed)
-    gen = torch.Generator().manual_seed(seed * 1_000_003)
-    ry, rdx, rdw, rdb = reference(recipe, x, w, b, dy, gen)
+    ry, rdx, rdw, rdb = reference(recipe, x, w, b, dy, seed * 1_000_003)
     assert y.dtype == x.dtype and dw.dtype == torch.float32
     close(y, ry)
     close(dx, rdx)
@@ -284,7 +286,7 @@ def test_deepcopy_gets_its_own_sr_stream():
 
     layer = QuantLinear(32, 32, recipe="nvfp4")
     twin = copy.deepcopy(layer)
-    assert twin.sr_key != layer.sr_key and twin.generator is not layer.generator
+    assert twin.sr_key != layer.sr_key and twin.sr_state is not layer.sr_state
     x, dy = torch.randn(16, 32), torch.randn(16, 32)
     grads = []
     for m in (layer, twin):
@@ -329,3 +331,19 @@ def test_fp8_per_tensor_quantizes_x_and_dy_once(recipe, passes, monkeypatch):
         fmt, gfmt = "fp8_e4m3", "fp8_e4m3" if "e4m3" in recipe else "fp8_e5m2"
         fq = lambda t, f: fm.fake_quantize(t.reshape(-1, t.shape[-1]), f).to(torch.bfloat16).float()  # noqa: E731
         assert torch.equal(dw, fq(dy, gfmt).t() @ fq(x, fmt))
+
+
+@pytest.mark.parametrize("recipe,draws", [("nvfp4", 2), ("mxfp4", 2), ("nvfp4:stochastic_rounding=false", 0),
+                                          ("fp8", 0)])
+def test_sr_seed_state_advances_once_per_stochastic_quantization(recipe, draws):
+    # Dgrad's and Wgrad's dy each take one seed; round-to-nearest takes none. The state is a
+    # non-persistent buffer: it follows the layer across devices and stays out of the state_dict
+    layer = QuantLinear(32, 32, recipe=get_recipe(recipe).replace(seed=3))
+    start = int(layer.sr_state)
+    assert start == 3 * 1_000_003 and "sr_state" not in layer.state_dict()
+    layer(torch.randn(16, 32, requires_grad=True)).sum().backward()
+    assert int(layer.sr_state) == start + draws * seeds.SEED_STEP
+    layer._apply(lambda t: t.clone())  # what .to() does: a new buffer tensor
+    assert _ops.sr_state(layer.sr_key) is layer.sr_state
+    layer.reseed()
+    assert int(layer.sr_state) == start

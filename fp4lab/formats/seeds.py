@@ -1,0 +1,42 @@
+"""Stochastic-rounding seed states: where SR's random numbers come from without a host round trip.
+
+A seed state is a one-element int64 tensor on the data's device holding the next seed. Each SR
+quantization takes the seed s it holds (the Triton kernels read it on the device and key Philox with
+it; the reference seeds a torch.Generator with it) and advances the state in place by SEED_STEP. The
+host never reads it on the hot path, so a CUDA graph that captures a step replays a fresh seed each time.
+"""
+from __future__ import annotations
+
+import torch
+
+# odd and > 2^31: the seeds of one state never repeat, two states that start a few apart never meet,
+# and int64 does not wrap before 2^31 draws
+SEED_STEP = 0x9E3779B9
+
+
+def new_seed_state(seed: int, device=None) -> torch.Tensor:
+    return torch.full((1,), seed, dtype=torch.int64, device=device)
+
+
+def is_seed_state(obj) -> bool:
+    return isinstance(obj, torch.Tensor)
+
+
+def check_seed_state(state: torch.Tensor, device: torch.device, where: str) -> None:
+    if state.dtype != torch.int64 or state.numel() != 1:
+        raise ValueError(f"{where}: a seed state is a one-element int64 tensor, got {state.dtype} "
+                         f"of shape {tuple(state.shape)}")
+    if state.device != device:
+        raise ValueError(f"{where}: the seed state is on {state.device} but the data on {device}")
+
+
+def advance(state: torch.Tensor) -> None:
+    state.add_(SEED_STEP)
+
+
+def take_generator(state: torch.Tensor, device=None) -> torch.Generator:
+    """A torch.Generator on `device` seeded with the state's seed; advances the state (reference path:
+    reads the state on the host, a sync if it lives on a GPU)."""
+    g = torch.Generator(device=device or state.device).manual_seed(int(state))
+    advance(state)
+    return g
