@@ -10,7 +10,8 @@ clipping at 1.0, random tokens from a memmap (throughput does not depend on the 
   divergence checks; no checkpoints, one host sync every LOG_EVERY steps), tokens/s from its own
   metrics.jsonl over the steps after the warm-up.
 Quantized recipes run eager unless --compile-quantized (their Triton kernels are the fast path;
-torch.compile around them is optional). Peak memory: torch.cuda.max_memory_allocated per run.
+torch.compile around them is optional; --compile-mode reduce-overhead replays CUDA graphs, which the
+device seed states of stochastic rounding allow). Peak memory: torch.cuda.max_memory_allocated per run.
 
     PYTHONPATH=. python3 benchmarks/train.py --out benchmarks/results/train-<gpu>-<date>.json
 
@@ -113,14 +114,14 @@ def plain_loop(args, data_dir: Path, device, compiled: bool) -> dict:
     return result
 
 
-def harness(args, data_dir: Path, device, recipe: str, compiled: bool, work: Path) -> dict:
+def harness(args, data_dir: Path, device, recipe: str, compiled: bool, work: Path, mode: str = "default") -> dict:
     """`fp4lab.train.train` as `fp4lab train` runs it; numbers from its metrics.jsonl."""
     _reset(device)
-    out = work / f"{recipe}-{'compiled' if compiled else 'eager'}"
+    out = work / f"{recipe}-{'compiled-' + mode if compiled else 'eager'}"
     t0 = time.perf_counter()
     train(TrainConfig(out=str(out), preset=args.preset, recipe=recipe, data=str(data_dir),
                       steps=args.warmup + args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                      lr=6e-4, compile=compiled, device=args.device, eval_every=0, eval_batches=1,
+                      lr=6e-4, compile=compiled, compile_mode=mode, device=args.device, eval_every=0, eval_batches=1,
                       ckpt_every=-1, log_every=LOG_EVERY, save_model=False, progress=False))
     wall = time.perf_counter() - t0
     rows = [r for r in read_metrics(out / "metrics.jsonl") if r["type"] == "train"]
@@ -164,6 +165,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=20, help="timed steps; a multiple of 10")
     p.add_argument("--recipes", default="bf16,fp8,mxfp4,nvfp4")
     p.add_argument("--compile-quantized", action="store_true")
+    p.add_argument("--compile-mode", default="default",
+                   help="torch.compile mode of the compiled quantized runs (reduce-overhead: CUDA graphs)")
     p.add_argument("--device", default="cuda")
     args = p.parse_args()
     if args.warmup % LOG_EVERY or args.steps % LOG_EVERY:
@@ -187,9 +190,11 @@ def main() -> int:
                 ("plain-eager", lambda: plain_loop(args, data_dir, device, False)),
                 ("harness-bf16-eager", lambda: harness(args, data_dir, device, "bf16", False, tmp))]
         for recipe in [r for r in args.recipes.split(",") if r != "bf16"]:
-            mode = "compiled" if args.compile_quantized else "eager"
+            mode = "eager" if not args.compile_quantized else (
+                "compiled" if args.compile_mode == "default" else f"compiled-{args.compile_mode}")
             jobs.append((f"harness-{recipe}-{mode}",
-                         lambda r=recipe: harness(args, data_dir, device, r, args.compile_quantized, tmp)))
+                         lambda r=recipe: harness(args, data_dir, device, r, args.compile_quantized, tmp,
+                                                  args.compile_mode)))
         out = Path(args.out) if args.out else Path("benchmarks/results") / (
             f"train-{gpu.replace(' ', '-').lower()}-{datetime.date.today().isoformat()}.json")
         out.parent.mkdir(parents=True, exist_ok=True)

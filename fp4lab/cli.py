@@ -55,6 +55,8 @@ def _add_train_commands(sub) -> None:
         p.add_argument("--log-every", type=int, help="materialise metrics every N steps (one host sync)")
         p.add_argument("--device", help="auto (default), cpu, cuda")
         p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+        p.add_argument("--compile-mode", help="torch.compile mode with --compile: default, reduce-overhead "
+                                              "(CUDA graphs), max-autotune, max-autotune-no-cudagraphs")
         p.add_argument("--parallel", choices=["ddp", "fsdp2"], help="under torchrun (default ddp)")
         p.add_argument("--switch-at", type=float, help="fraction of training after which --switch-to applies")
         p.add_argument("--switch-to", help="recipe for the end of training, e.g. bf16")

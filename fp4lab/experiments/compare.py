@@ -19,6 +19,7 @@ PLAN_NAME = "compare.json"
 # settings passed through to every `fp4lab train` of a comparison
 TRAIN_KEYS = ("batch_size", "seq_len", "grad_accum", "lr", "schedule", "warmup", "weight_decay", "beta2",
               "dropout", "grad_clip", "eval_every", "eval_batches", "ckpt_every", "device", "compile",
+              "compile_mode",
               "switch_at", "switch_to", "forward_only", "spike_threshold", "per_layer_grad_norm",
               "parallel", "log_every")
 

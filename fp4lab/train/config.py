@@ -5,6 +5,9 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     out: str
@@ -31,6 +34,7 @@ class TrainConfig:
     ckpt_every: int | None = None     # 0: only at the end; -1: never; None: 10 per run
     log_every: int = 1                # metrics rows are materialised every N steps (one sync)
     compile: bool = False
+    compile_mode: str = "default"     # torch.compile mode; "reduce-overhead" replays CUDA graphs
     device: str = "auto"
     parallel: str = "ddp"             # ddp | fsdp2, under torchrun
     switch_at: float | None = None    # fraction of steps after which switch_to applies
@@ -67,6 +71,8 @@ class TrainConfig:
             steps = math.ceil(tokens / per_step)
         if steps < 1:
             raise ValueError(f"the run has {steps} optimizer steps; give more --tokens or --steps")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         if (self.switch_at is None) != (self.switch_to is None):
             raise ValueError("--switch-at and --switch-to go together")
         if self.switch_at is not None and not 0.0 <= self.switch_at <= 1.0:

@@ -297,7 +297,8 @@ def train(cfg: TrainConfig) -> dict:
         switch_recipe(unwrap(model_w), cfg.switch_to, cfg.forward_only, sr_seed)
     if payload is not None:  # after any switch: set_recipe reseeds the layers' generators
         set_generator_states(unwrap(model_w), payload["rng"][d.rank]["layers"])
-    model_c = torch.compile(model_w) if cfg.compile else model_w
+    model_c = torch.compile(model_w, mode=None if cfg.compile_mode == "default" else cfg.compile_mode) \
+        if cfg.compile else model_w
 
     end = min(cfg.steps, cfg.max_steps) if cfg.max_steps else cfg.steps
     log = MetricsLog(out / METRICS_NAME, resume_step=start if payload else None, enabled=d.is_main)

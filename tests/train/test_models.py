@@ -72,3 +72,12 @@ def test_shakespeare_char_preset_has_nanogpt_dropout_and_beta2(tmp_path):
     assert (cfg.dropout, cfg.beta2) == (0.0, 0.95)
     with pytest.raises(ValueError, match="dropout"):
         TrainConfig(out=str(tmp_path), dropout=1.0).resolve()
+
+
+def test_compile_mode_is_checked(tmp_path):
+    from fp4lab.train import TrainConfig
+
+    assert TrainConfig(out=str(tmp_path), compile=True, compile_mode="reduce-overhead").resolve().compile_mode \
+        == "reduce-overhead"
+    with pytest.raises(ValueError, match="compile_mode must be one of"):
+        TrainConfig(out=str(tmp_path), compile_mode="fast").resolve()
