@@ -13,7 +13,7 @@ from fp4lab import formats
 from fp4lab.formats import seeds
 from fp4lab.kernels._grid import cdiv
 from fp4lab.kernels.numerics import (
-    e2m1_encode, e2m1_round, e2m1_value, fdiv, load_tile, round_to_bf16, tile_coords, uniform_tile,
+    e2m1_encode, e2m1_round, e2m1_value, fdiv, load_tile, round_to_bf16, sr_uniforms, tile_coords,
 )
 from fp4lab.kernels.nvfp4 import (
     ROUNDINGS, _logical_view, _reference_generator, _reference_operand, _stochastic_seed, _tl_dtype, interpreting,
@@ -78,14 +78,7 @@ def _mxfp4_fake_kernel(
         y3 = t3 * mult[:, :, None]
     rows = r0 + tl.arange(0, BR)
     cols = c0 + tl.arange(0, BC)
-    if STOCHASTIC:
-        if SEED_FROM_PTR:
-            s = tl.load(seed_ptr)
-        else:
-            s = seed
-        u = uniform_tile(s, r0, c0, Cp, BR, BC)
-    else:
-        u = 0.0
+    u = sr_uniforms(seed, seed_ptr, r0, c0, Cp, BR, BC, STOCHASTIC, SEED_FROM_PTR)
     if STOCHASTIC:
         e = e2m1_value(e2m1_encode(tl.reshape(y3, [BR, BC]), u, STOCHASTIC))
     else:

@@ -181,6 +181,20 @@ def load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0,
 
 
 @triton.jit
+def sr_uniforms(seed, seed_ptr, r0, c0, Cp, BR: tl.constexpr, BC: tl.constexpr, STOCHASTIC: tl.constexpr,
+                SEED_FROM_PTR: tl.constexpr):
+    """The tile's SR uniforms (zeros, unused, for round-to-nearest), keyed by `seed` or by the seed state that
+    seed_ptr points at (read on the device: fp4lab.formats.seeds)."""
+    u = tl.zeros([BR, BC], dtype=tl.float32)
+    if STOCHASTIC:
+        if SEED_FROM_PTR:
+            u = uniform_tile(tl.load(seed_ptr), r0, c0, Cp, BR, BC)
+        else:
+            u = uniform_tile(seed, r0, c0, Cp, BR, BC)
+    return u
+
+
+@triton.jit
 def uniform_tile(seed, r0, c0, Cp, BR: tl.constexpr, BC: tl.constexpr):
     """U[0, 1) per element of the tile at (r0, c0) of a [*, Cp] grid; one Philox call yields four
     numbers, so each call covers four neighbouring elements (a quarter of the integer work of tl.rand)."""

@@ -24,7 +24,7 @@ from fp4lab.kernels._grid import cdiv, next_pow2
 from fp4lab.kernels.amax import amax_pair_partials, amax_partials, amax_partials_rht
 from fp4lab.kernels.numerics import (
     FP32_MAX, e2m1_encode, e2m1_round, e2m1_value, e4m3_encode, e4m3_value, fdiv, load_tile, reduce_amax_bits,
-    round_to_bf16, tile_coords, uniform_tile,
+    round_to_bf16, sr_uniforms, tile_coords,
 )
 
 ORDERS = {"torchao": 0, "te": 1, "compressed-tensors": 2}
@@ -122,14 +122,7 @@ def _nvfp4_kernel(
 
     rows = r0 + tl.arange(0, BR)
     cols = c0 + tl.arange(0, BC)
-    if STOCHASTIC:
-        if SEED_FROM_PTR:
-            s = tl.load(seed_ptr)
-        else:
-            s = seed
-        u = uniform_tile(s, r0, c0, Cp, BR, BC)
-    else:
-        u = 0.0
+    u = sr_uniforms(seed, seed_ptr, r0, c0, Cp, BR, BC, STOCHASTIC, SEED_FROM_PTR)
     if QUANT or STOCHASTIC:
         q = e2m1_encode(y, u, STOCHASTIC)
 
