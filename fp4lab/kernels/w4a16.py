@@ -116,6 +116,24 @@ def _pair_bf16(w, sf, J: tl.constexpr, ASM: tl.constexpr, BF16X2: tl.constexpr):
 
 
 @triton.jit
+def _dot(a, b, acc, DOT_FP32: tl.constexpr):
+    """acc + a @ b; fp32 operands under the interpreter, which gets bf16 tl.dot wrong (triton-interpreter.md)."""
+    if DOT_FP32:
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def _split_k_range(pid_k, K, split_k, BLOCK_K: tl.constexpr):
+    """[k_start, k_end) of split pid_k: the K blocks dealt out in equal runs of whole BLOCK_K."""
+    k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), split_k) * BLOCK_K
+    k_start = pid_k * k_per_split
+    return k_start, tl.minimum(k_start + k_per_split, K)
+
+
+@triton.jit
 def _epilogue(acc, g, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_ym, tile_id,
               split_k, HAS_BIAS: tl.constexpr):
     """Scale by g, add bias, store BF16; with split-K, reduce through the self-cleaning workspace."""
@@ -172,9 +190,7 @@ def _w4a16_gemv_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_
     offs_b = tl.arange(0, BLOCK_K // 16)
     n_mask = offs_n < N
     KB = K // 16
-    k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), split_k) * BLOCK_K
-    k_start = pid_k * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, K)
+    k_start, k_end = _split_k_range(pid_k, K, split_k, BLOCK_K)
     acc = tl.zeros((BLOCK_K // 16, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         b = k0 // 16 + offs_b  # 16-blocks; block b is words 2b and 2b + 1
@@ -225,9 +241,7 @@ def _w4a16_dot_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_p
     n_mask = offs_n < N
     m_mask = offs_m < M
     KW = K // 8
-    k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), split_k) * BLOCK_K
-    k_start = pid_k * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, K)
+    k_start, k_end = _split_k_range(pid_k, K, split_k, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         r = k0 // 8 + offs_r
@@ -257,21 +271,14 @@ def _w4a16_dot_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_p
             kx = k0 + (t // 8) * 8 + (t % 2) * 4 + ((t // 2) % 2) * 2 + (t // 4) % 2
             x = tl.load(x_ptr + offs_m[:, None] * stride_xm + kx[None, :],
                         mask=m_mask[:, None] if EVEN else m_mask[:, None] & (kx < K)[None, :], other=0.0)
-            if DOT_FP32:  # the interpreter gets bf16 tl.dot wrong (triton-interpreter.md)
-                acc = tl.dot(x.to(tl.float32), v.to(tl.float32), acc)
-            else:
-                acc = tl.dot(x, v, acc)
+            acc = _dot(x, v, acc, DOT_FP32)
         else:
             for j in tl.static_range(4):
                 lo, hi = _pair_bf16(w, sf, j, ASM, BF16X2)
                 xl = tl.load(x_ptrs + j, mask=x_mask, other=0.0)
                 xh = tl.load(x_ptrs + j + 4, mask=x_mask, other=0.0)
-                if DOT_FP32:
-                    acc = tl.dot(xl.to(tl.float32), lo.to(tl.float32), acc)
-                    acc = tl.dot(xh.to(tl.float32), hi.to(tl.float32), acc)
-                else:
-                    acc = tl.dot(xl, lo, acc)
-                    acc = tl.dot(xh, hi, acc)
+                acc = _dot(xl, lo, acc, DOT_FP32)
+                acc = _dot(xh, hi, acc, DOT_FP32)
     g = tl.load(g_ptr) * 65536.0  # 2^16, see _pair_bf16
     _epilogue(acc, g, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_ym,
               pid_m * num_n + pid_n, split_k, HAS_BIAS)
@@ -299,9 +306,7 @@ def _w4a16_swap_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_
     n_mask = offs_n < N
     m_mask = offs_m < M
     KW = K // 8
-    k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), split_k) * BLOCK_K
-    k_start = pid_k * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, K)
+    k_start, k_end = _split_k_range(pid_k, K, split_k, BLOCK_K)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         r = k0 // 8 + offs_r
@@ -327,10 +332,7 @@ def _w4a16_swap_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_
             kx = k0 + tl.arange(0, BLOCK_K)
             xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + kx[:, None],
                          mask=m_mask[None, :] if EVEN else m_mask[None, :] & (kx < K)[:, None], other=0.0)
-            if DOT_FP32:  # the interpreter gets bf16 tl.dot wrong (triton-interpreter.md)
-                acc = tl.dot(v.to(tl.float32), xt.to(tl.float32), acc)
-            else:
-                acc = tl.dot(v, xt, acc)
+            acc = _dot(v, xt, acc, DOT_FP32)
         else:
             x_ptrs = x_ptr + offs_m[None, :] * stride_xm + 8 * r[:, None]
             x_mask = m_mask[None, :] if EVEN else m_mask[None, :] & (r < KW)[:, None]
@@ -338,12 +340,8 @@ def _w4a16_swap_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_
                 lo, hi = _pair_bf16(w, sf, j, ASM, BF16X2)
                 xl = tl.load(x_ptrs + j, mask=x_mask, other=0.0)
                 xh = tl.load(x_ptrs + j + 4, mask=x_mask, other=0.0)
-                if DOT_FP32:
-                    acc = tl.dot(lo.to(tl.float32), xl.to(tl.float32), acc)
-                    acc = tl.dot(hi.to(tl.float32), xh.to(tl.float32), acc)
-                else:
-                    acc = tl.dot(lo, xl, acc)
-                    acc = tl.dot(hi, xh, acc)
+                acc = _dot(lo, xl, acc, DOT_FP32)
+                acc = _dot(hi, xh, acc, DOT_FP32)
     g = tl.load(g_ptr) * 65536.0  # 2^16, see _pair_bf16
     _epilogue(tl.trans(acc), g, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_ym,
               pid_m * num_n + pid_n, split_k, HAS_BIAS)
