@@ -200,8 +200,10 @@ class QuantLinear(nn.Linear):
         self.name = name
         self.block_index = block_index
         self.seed_offset = seed_offset
-        # SR seeds live on the layer's device (never read on the host: CUDA graphs replay fresh ones)
-        self.register_buffer("sr_state", seeds.new_seed_state(0, device=device), persistent=False)
+        # SR seeds live on the layer's device (never read on the host: CUDA graphs replay fresh ones).
+        # A plain attribute, not a buffer: DDP broadcasts buffers from rank 0, which would give every
+        # rank the same rounding noise; forward moves it to the input's device when the layer moved
+        self.sr_state = seeds.new_seed_state(0, device=device)
         self.sr_key = _ops.register_sr_source(self)
         self.set_recipe(get_recipe(recipe))
 
@@ -240,6 +242,8 @@ class QuantLinear(nn.Linear):
         self.sr_key = _ops.register_sr_source(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.compiler.is_compiling() and self.sr_state.device != x.device:
+            self.sr_state = self.sr_state.to(x.device)
         return quant_linear(x, self.weight, self.bias, self.plan, self.sr_key)
 
     def extra_repr(self) -> str:

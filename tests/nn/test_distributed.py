@@ -73,6 +73,9 @@ def _train(rank, mode, out_dir):
                 fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    layers = [m for m in model.modules() if hasattr(m, "sr_state")]
+    for m in layers:  # each rank its own SR stream (as the trainer seeds them); DDP must not sync it
+        m.sr_state.fill_(1000 + rank)
     losses = []
     for x, t in batches():
         loss = (model(x[rank]) - t[rank]).square().mean()
@@ -85,8 +88,11 @@ def _train(rank, mode, out_dir):
     state = model.module.state_dict() if mode == "ddp" else {
         k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()
     }
+    sr = torch.tensor([int(m.sr_state) for m in layers])
+    gathered = [torch.zeros_like(sr) for _ in range(2)]
+    dist.all_gather(gathered, sr)
     if rank == 0:
-        torch.save({"losses": losses, "state": state}, os.path.join(out_dir, f"{mode}.pt"))
+        torch.save({"losses": losses, "state": state, "sr_states": gathered}, os.path.join(out_dir, f"{mode}.pt"))
 
 
 def _free_port():
@@ -114,3 +120,10 @@ def test_two_processes_match_one(mode, two_process_results):
     assert set(got["state"]) == set(ref_state)
     for k, v in ref_state.items():
         torch.testing.assert_close(got["state"][k], v, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_each_rank_keeps_its_own_sr_stream(mode, two_process_results):
+    # DDP broadcasts rank 0's buffers every forward: the seed state must not be one
+    ranks = two_process_results[mode]["sr_states"]
+    assert len(ranks[0]) == 3 and (ranks[0] == 1000).all() and (ranks[1] == 1001).all(), ranks

@@ -128,7 +128,7 @@ def test_cuda_graph_replays_draw_fresh_sr_seeds():
     from fp4lab.formats import seeds
 
     torch.manual_seed(0)
-    layer = QuantLinear(256, 512, recipe="nvfp4", device="cuda", dtype=torch.bfloat16)
+    layer = QuantLinear(256, 512, recipe="nvfp4", dtype=torch.bfloat16).cuda()  # the state follows on forward
     x = torch.randn(1024, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     dy = torch.randn(1024, 512, device="cuda", dtype=torch.bfloat16)
     side = torch.cuda.Stream()
@@ -138,6 +138,7 @@ def test_cuda_graph_replays_draw_fresh_sr_seeds():
             layer.weight.grad = x.grad = None
             layer(x).backward(dy)
     torch.cuda.current_stream().wait_stream(side)
+    assert layer.sr_state.is_cuda
     layer.weight.grad = x.grad = None
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

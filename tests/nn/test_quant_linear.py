@@ -336,14 +336,15 @@ def test_fp8_per_tensor_quantizes_x_and_dy_once(recipe, passes, monkeypatch):
 @pytest.mark.parametrize("recipe,draws", [("nvfp4", 2), ("mxfp4", 2), ("nvfp4:stochastic_rounding=false", 0),
                                           ("fp8", 0)])
 def test_sr_seed_state_advances_once_per_stochastic_quantization(recipe, draws):
-    # Dgrad's and Wgrad's dy each take one seed; round-to-nearest takes none. The state is a
-    # non-persistent buffer: it follows the layer across devices and stays out of the state_dict
+    # Dgrad's and Wgrad's dy each take one seed; round-to-nearest takes none. The state is neither a
+    # parameter nor a buffer (DDP would broadcast rank 0's to every rank), so not in the state_dict
     layer = QuantLinear(32, 32, recipe=get_recipe(recipe).replace(seed=3))
     start = int(layer.sr_state)
     assert start == 3 * 1_000_003 and "sr_state" not in layer.state_dict()
+    assert not any(b is layer.sr_state for b in layer.buffers())
     layer(torch.randn(16, 32, requires_grad=True)).sum().backward()
     assert int(layer.sr_state) == start + draws * seeds.SEED_STEP
-    layer._apply(lambda t: t.clone())  # what .to() does: a new buffer tensor
+    layer.sr_state = layer.sr_state.clone()  # as forward does when the layer moved to another device
     assert _ops.sr_state(layer.sr_key) is layer.sr_state
     layer.reseed()
     assert int(layer.sr_state) == start
