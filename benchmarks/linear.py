@@ -9,6 +9,10 @@ saved for backward (unique storages, parameters excluded) and the allocator's pe
 Usage (on a CUDA machine; ~3 minutes on an H100):
 
     PYTHONPATH=. python3 benchmarks/linear.py --out benchmarks/results/linear-<gpu>-<date>.json
+
+--host adds host issue time vs GPU time per step; --graph the same fwd+bwd replayed from a CUDA graph
+(possible for every recipe since stochastic rounding seeds from the device), the time a captured step
+pays without any host work; --profile the per-kernel GPU time.
 """
 from __future__ import annotations
 
@@ -226,6 +230,57 @@ def host_overhead(shapes, methods, steps: int = 30, repeats: int = 3) -> list[di
     return rows
 
 
+def graph_replay(shapes, methods, replays: int = 20) -> list[dict]:
+    """GPU time of one fwd+bwd replayed from a CUDA graph: no host work per step, which is what a
+    captured training step pays (torch.compile mode="reduce-overhead"). Median of `replays`."""
+    rows = []
+    for M, K, N in shapes:
+        for method in methods:
+            if method == "naive-compiled-nvfp4":
+                continue
+            row = {"method": method, "M": M, "K": K, "N": N}
+            fn = w = graph = None
+            try:
+                fn, w = make_layer(method, K, N)
+                x = torch.randn(M, K, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+                dy = torch.randn(M, N, device=DEVICE, dtype=torch.bfloat16)
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):  # warm-up off the capture: Triton compiles, cuBLAS workspaces
+                    for _ in range(3):
+                        x.grad = w.grad = None
+                        fn(x).backward(dy)
+                torch.cuda.current_stream().wait_stream(side)
+                x.grad = w.grad = None
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    fn(x).backward(dy)
+                graph.replay()
+                _sync()
+                times = []
+                for _ in range(replays):
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    graph.replay()
+                    end.record()
+                    end.synchronize()
+                    times.append(start.elapsed_time(end))
+                row["graph_ms"] = round(statistics.median(times), 4)
+            except Exception as err:  # noqa: BLE001 - report and continue with the other methods
+                row["error"] = f"{type(err).__name__}: {err}"
+                traceback.print_exc()
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            del graph, fn, w
+            torch.cuda.empty_cache()
+        base = next((r for r in rows if r["method"] == "bf16" and (r["M"], r["K"], r["N"]) == (M, K, N)
+                     and "graph_ms" in r), None)
+        for r in rows:
+            if base and (r["M"], r["K"], r["N"]) == (M, K, N) and "graph_ms" in r:
+                r["ratio_vs_bf16"] = round(r["graph_ms"] / base["graph_ms"], 3)
+    return rows
+
+
 def stack_memory(method: str, layers: int, M: int, K: int) -> dict:
     """Saved-for-backward bytes and allocator peak of `layers` [K, K] linears, fwd + bwd."""
     from fp4lab.nn import convert
@@ -276,6 +331,8 @@ def main(argv=None) -> int:
                    help="also record per-kernel GPU time of one fwd+bwd (torch.profiler) at the first shape")
     p.add_argument("--host", action="store_true",
                    help="also measure host issue time vs GPU time per fwd+bwd (launch-bound or not) at every shape")
+    p.add_argument("--graph", action="store_true",
+                   help="also time fwd+bwd replayed from a CUDA graph (GPU time alone, no host work) at every shape")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: check the script on tiny shapes
     args = p.parse_args(argv)
     global DEVICE
@@ -308,6 +365,7 @@ def main(argv=None) -> int:
     layers = layer_bench(shapes, methods, deadline=start + args.budget_s)
     profiles = kernel_profile(*shapes[0], methods) if args.profile else []
     host = host_overhead(shapes, methods) if args.host else []
+    graph = graph_replay(shapes, methods) if args.graph and DEVICE == "cuda" else []
     import fp4lab
 
     result = {
@@ -326,6 +384,7 @@ def main(argv=None) -> int:
         "stack_memory": memory,
         "profile": profiles,
         "host_overhead": host,
+        "graph_replay": graph,
         "wall_s": round(time.time() - start, 1),
     }
     _print_table(result)
