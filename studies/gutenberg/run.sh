@@ -5,18 +5,14 @@
 #   SHARED=../shared/data bash studies/gutenberg/run.sh      # writes data/gutenberg, runs/gutenberg
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-FP4LAB=${FP4LAB:-fp4lab}
-SHARED=${SHARED:-../shared/data}
-DATA=${DATA:-data/gutenberg}
-OUT=${OUT:-runs/gutenberg}
+. studies/gutenberg/settings.sh
 RECIPES=${RECIPES:-bf16,nvfp4,mxfp4,fp8}
 if [ ! -f "$DATA/meta.json" ]; then
   # the committed tokenizer (BPE 16384, trained on gutenberg_train.txt by `data prepare --tokenizer bpe:16384`)
   $FP4LAB data prepare "$SHARED/gutenberg_train.txt.xz" --valid "$SHARED/gutenberg_valid.txt.xz" \
     --tokenizer studies/gutenberg/tokenizer.json --out "$DATA"
 fi
-$FP4LAB compare --preset 60m --data "$DATA" --tokens 30000000 --eval-every 100 --eval-batches 20 \
-  --recipes "$RECIPES" --seeds 1 --jobs 1 --out "$OUT/runs" ${EXTRA:-}
+$FP4LAB compare "${TRAIN[@]}" --recipes "$RECIPES" --seeds 1 --jobs 1 --out "$OUT/runs" ${EXTRA:-}
 for run in "$OUT"/runs/*/seed0; do
   [ -f "$run/model/config.json" ] || continue
   [ -f "$run/wikitext2.json" ] || $FP4LAB eval "$run/model" --data "$SHARED/wikitext-2-raw_wiki.test.raw.xz" \

@@ -5,13 +5,9 @@
 #   SHARED=../shared/data bash studies/gutenberg/run_more.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-FP4LAB=${FP4LAB:-fp4lab}
-SHARED=${SHARED:-../shared/data}
-DATA=${DATA:-data/gutenberg}
-OUT=${OUT:-runs/gutenberg}
+. studies/gutenberg/settings.sh
 JOBS=${JOBS:-3}
-COMMON=(--preset 60m --data "$DATA" --tokens 30000000 --eval-every 100 --eval-batches 20 --ckpt-every 100
-        --no-progress --resume)
+COMMON=("${TRAIN[@]}" --ckpt-every 100 --no-progress --resume)
 one() { # recipe seed run-dir [extra]: train, then the validation and WikiText-2 perplexities
   local r=$1 s=$2 d=$3; shift 3
   mkdir -p "$d"
