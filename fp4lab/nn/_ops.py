@@ -300,8 +300,8 @@ _SR_SOURCES: list[weakref.ref] = []
 
 
 def register_sr_source(layer) -> int:
-    """A process-wide int key for a layer whose `sr_state` buffer drives its SR (compiled graphs carry
-    the key; the buffer is looked up at call time, so moving the layer to another device is fine)."""
+    """A process-wide int key for a layer whose `sr_state` seed state drives its SR (compiled graphs
+    carry the key; the state is looked up at call time, so a layer that moved devices still works)."""
     _SR_SOURCES.append(weakref.ref(layer))
     return len(_SR_SOURCES) - 1
 

@@ -243,8 +243,15 @@ class QuantLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.compiler.is_compiling() and self.sr_state.device != x.device:
-            self.sr_state = self.sr_state.to(x.device)
+            self._move_sr_state(x.device)
         return quant_linear(x, self.weight, self.bias, self.plan, self.sr_key)
+
+    def _move_sr_state(self, device: torch.device) -> None:
+        if self.sr_state.is_meta:  # built on the meta device (deferred init): the stream starts at its seed
+            self.sr_state = seeds.new_seed_state(0, device=device)
+            self.reseed()
+        else:
+            self.sr_state = self.sr_state.to(device)
 
     def extra_repr(self) -> str:
         fwd = f", forward={self.forward_recipe.spec()}" if self.forward_recipe is not None else ""
