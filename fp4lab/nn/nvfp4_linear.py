@@ -100,13 +100,12 @@ class NVFP4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"NVFP4Linear: input last dim {x.shape[-1]} != in_features {self.in_features}")
-        if x.is_cuda:
-            from fp4lab.kernels.w4a16 import w4a16_linear
-            y = w4a16_linear(x, self.weight_words, self.weight_scale_t, self.weight_global_scale, self.bias)
-            return y if x.dtype == torch.bfloat16 else y.to(x.dtype)  # BF16 compute, caller's dtype out
-        w = self.dequantize(x.dtype if x.dtype.is_floating_point else torch.bfloat16)
-        bias = None if self.bias is None else self.bias.to(w.dtype)
-        return F.linear(x.to(w.dtype), w, bias)
+        if torch.compiler.is_compiling():  # opaque to Dynamo: it must not trace the kernel nor its tuner
+            y = torch.ops.fp4lab.nvfp4_linear(x, self.weight_words, self.weight_scale_t, self.weight_global_scale,
+                                              self.bias, self.in_features)
+            return y if y.dtype == x.dtype else y.to(x.dtype)
+        return _nvfp4_linear(x, self.weight_words, self.weight_scale_t, self.weight_global_scale, self.bias,
+                             self.in_features)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -153,3 +152,28 @@ def quantize_linears_to_nvfp4(model: nn.Module, skip: tuple[str, ...] = ("lm_hea
                 t = quantize_nvfp4(child.weight.detach(), scale_order=scale_order)
                 setattr(parent, name, NVFP4Linear.from_nvfp4(t, child.bias))
     return model
+
+
+def _nvfp4_linear(x, words, scales_t, g, bias, in_features: int) -> torch.Tensor:
+    """NVFP4Linear's product: the W4A16 kernel on CUDA (BF16 compute, the caller's dtype out), else
+    dequantize + F.linear (the reference)."""
+    if x.is_cuda:
+        from fp4lab.kernels.w4a16 import w4a16_linear
+        y = w4a16_linear(x, words, scales_t, g, bias)
+        return y if x.dtype == torch.bfloat16 else y.to(x.dtype)
+    from fp4lab.kernels.w4a16 import dequantize_kernel_layout
+    dtype = x.dtype if x.dtype.is_floating_point else torch.bfloat16
+    w = dequantize_kernel_layout(words, scales_t, g, dtype).t()[:, :in_features]
+    return F.linear(x.to(dtype), w, None if bias is None else bias.to(dtype))
+
+
+@torch.library.custom_op("fp4lab::nvfp4_linear", mutates_args=())
+def _nvfp4_linear_op(x: torch.Tensor, words: torch.Tensor, scales_t: torch.Tensor, g: torch.Tensor,
+                     bias: torch.Tensor | None, in_features: int) -> torch.Tensor:
+    return _nvfp4_linear(x, words, scales_t, g, bias, in_features)
+
+
+@_nvfp4_linear_op.register_fake
+def _(x, words, scales_t, g, bias, in_features):
+    dtype = x.dtype if x.dtype.is_floating_point else torch.bfloat16
+    return x.new_empty((*x.shape[:-1], words.shape[1]), dtype=dtype)

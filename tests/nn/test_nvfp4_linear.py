@@ -124,3 +124,32 @@ def test_gpu_hf_llama_generate_under_graph_safe_path():
     ids = torch.randint(0, 128, (1, 8), device="cuda")
     out = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert out.shape == (1, 12)
+
+
+def test_compiles_as_one_opaque_op_and_recompiles_for_new_lengths():
+    # under torch.compile the product is the custom op fp4lab::nvfp4_linear: Dynamo traces neither the
+    # kernel nor the dispatcher's tuning (a prefill then decode changes M and recompiles)
+    t, b, gen = _layer(48, 40, 3, bias=True)
+    layer = NVFP4Linear.from_nvfp4(t, b)
+    x = torch.randn(3, 40, generator=gen).bfloat16()
+    torch.library.opcheck(torch.ops.fp4lab.nvfp4_linear.default,
+                          (x, layer.weight_words, layer.weight_scale_t, layer.weight_global_scale, layer.bias, 40))
+    torch._dynamo.reset()
+    model = nn.Sequential(layer, nn.GELU(), NVFP4Linear.from_nvfp4(quantize_nvfp4(torch.randn(16, 48, generator=gen))))
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    for m in (7, 1, 2):  # a prompt, then single tokens
+        x = torch.randn(m, 40, generator=gen).bfloat16()
+        assert torch.equal(compiled(x), model(x)), m
+
+
+@pytest.mark.gpu
+def test_gpu_inductor_compile_prefill_then_decode():
+    gen = torch.Generator().manual_seed(9)
+    model = nn.Sequential(NVFP4Linear.from_nvfp4(quantize_nvfp4(torch.randn(1024, 512, generator=gen))), nn.SiLU(),
+                          NVFP4Linear.from_nvfp4(quantize_nvfp4(torch.randn(512, 1024, generator=gen)))).cuda()
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+    for m in (37, 1, 1, 4):
+        x = torch.randn(m, 512, generator=gen).bfloat16().cuda()
+        a, b = compiled(x).float(), model(x).float()  # same kernel and config; split-K may add in another order
+        assert (a - b).abs().max() <= 1e-2 * b.abs().max(), m
