@@ -2,7 +2,6 @@
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from fp4lab.formats.nvfp4 import quantize_nvfp4
 from fp4lab.nn.nvfp4_linear import NVFP4Linear, quantize_linears_to_nvfp4
