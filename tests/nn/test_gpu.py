@@ -101,7 +101,9 @@ def test_inductor_compile_matches_eager():
 
 @pytest.mark.parametrize("recipe,tol", [
     ("nvfp4:stochastic_rounding=false", 1e-2), ("mxfp4:stochastic_rounding=false", 1e-2),
-    ("nvfp4", 0.1),  # SR: Inductor may issue the two draws of dy in another order than eager
+    # SR: Inductor may issue the two draws of dy in another order than eager, and two different SR
+    # draws differ by ~20-30% (norm) here; this only catches garbage (aot_eager is bit-exact on the CPU)
+    ("nvfp4", 0.6),
 ])
 def test_inductor_recompiles_for_new_shapes(recipe, tol):
     # the second and third token counts recompile with symbolic shapes: with Triton launches traced
