@@ -1,9 +1,18 @@
-"""Host-side grid arithmetic for the kernel wrappers.
+"""Host-side helpers of the kernel wrappers: grid arithmetic and the interpreter flag.
 
 `triton.cdiv` and `triton.next_power_of_2` are ConstexprFunction objects in Triton 3.x, which cost about
 6 us per call from Python (measured on a dev CPU, Triton 3.9); a quantize wrapper called them five
 times per launch, and the eager QuantLinear is bound by host time (benchmarks/README.md).
 """
+import os
+
+# read once, as triton.jit reads it when the kernels are defined (an os.environ lookup per call cost
+# several microseconds of host time in the hot path)
+_INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def interpreting() -> bool:
+    return _INTERPRETING
 
 
 def cdiv(a: int, b: int) -> int:

@@ -54,10 +54,14 @@ def _fp8_tensor_fake_kernel(x_ptr, parts_ptr, n_parts, out_ptr, n,
     tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def fp8_tensor_fake_triton(x: torch.Tensor, fmt: str = "e4m3", out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """The Triton path of `fake_quantize_fp8_tensor` on any device (CPU tensors need TRITON_INTERPRET=1)."""
+def _check_fmt(fmt: str) -> None:
     if fmt not in FP8_FORMATS:
         raise ValueError(f"fake_quantize_fp8_tensor: fmt must be one of {tuple(FP8_FORMATS)}, got {fmt!r}")
+
+
+def fp8_tensor_fake_triton(x: torch.Tensor, fmt: str = "e4m3", out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The Triton path of `fake_quantize_fp8_tensor` on any device (CPU tensors need TRITON_INTERPRET=1)."""
+    _check_fmt(fmt)
     out_dtype = out_dtype or x.dtype
     if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise ValueError(f"fake_quantize_fp8_tensor: out_dtype must be bf16, fp16 or fp32, got {out_dtype}")
@@ -80,6 +84,5 @@ def fake_quantize_fp8_tensor(x: torch.Tensor, fmt: str = "e4m3", out_dtype: torc
     the Triton kernels on CUDA, fp4lab.formats elsewhere. Non-finite values propagate."""
     if x.is_cuda:
         return fp8_tensor_fake_triton(x, fmt, out_dtype)
-    if fmt not in FP8_FORMATS:
-        raise ValueError(f"fake_quantize_fp8_tensor: fmt must be one of {tuple(FP8_FORMATS)}, got {fmt!r}")
+    _check_fmt(fmt)
     return formats.quantize_fp8(x, fmt=fmt, nonfinite="propagate").dequantize(out_dtype or x.dtype)

@@ -11,12 +11,12 @@ import triton.language as tl
 
 from fp4lab import formats
 from fp4lab.formats import seeds
-from fp4lab.kernels._grid import cdiv
+from fp4lab.kernels._grid import cdiv, interpreting
 from fp4lab.kernels.numerics import (
     e2m1_encode, e2m1_round, e2m1_value, fdiv, load_tile, round_to_bf16, sr_uniforms, tile_coords,
 )
 from fp4lab.kernels.nvfp4 import (
-    ROUNDINGS, _logical_view, _reference_generator, _reference_operand, _stochastic_seed, _tl_dtype, interpreting,
+    ROUNDINGS, _logical_view, _reference_generator, _reference_operand, _stochastic_seed, _tl_dtype,
 )
 from fp4lab.formats._checks import check_input
 

@@ -11,8 +11,6 @@ from shared amax partials) walks forward, starting where the second one ended.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -20,7 +18,7 @@ import triton.language as tl
 from fp4lab import formats
 from fp4lab.formats import seeds
 from fp4lab.formats._checks import check_input, check_not_capturing
-from fp4lab.kernels._grid import cdiv, next_pow2
+from fp4lab.kernels._grid import cdiv, interpreting, next_pow2
 from fp4lab.kernels.amax import amax_pair_partials, amax_partials, amax_partials_rht
 from fp4lab.kernels.numerics import (
     FP32_MAX, e2m1_encode, e2m1_round, e2m1_value, e4m3_encode, e4m3_value, fdiv, load_tile, reduce_amax_bits,
@@ -178,15 +176,6 @@ def _nvfp4_dequant_kernel(codes_ptr, scales_ptr, amax_ptr, out_ptr, R, C, Cp,
     if OUT_BF16:
         v = round_to_bf16(v)
     tl.store(out_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], v, mask=rmask & (cols[None, :] < C))
-
-
-# read once, as triton.jit reads it when the kernels are defined (an os.environ lookup per call cost
-# several microseconds of host time in the hot path)
-_INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def interpreting() -> bool:
-    return _INTERPRETING
 
 
 def _logical_view(x: torch.Tensor, columnwise: bool):

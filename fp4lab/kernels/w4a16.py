@@ -42,11 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fp4lab.kernels._grid import cdiv
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+from fp4lab.kernels._grid import cdiv, interpreting, next_pow2
 
 
 @triton.jit
@@ -477,14 +473,14 @@ def _launch(cfg: Config, x, words, scales_t, g, bias, y):
             raise ValueError(f"w4a16: the gemv kernel takes one row of x, got M={m}")
         _w4a16_gemv_kernel[(tiles_n, cfg.split_k)](
             x, words, s, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
-            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None, ASM=not _interpreting(),
+            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None, ASM=not interpreting(),
             EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif cfg.kind in ("dot", "dot1"):
         _w4a16_dot_kernel[(tiles_m * tiles_n, cfg.split_k)](
             x, words, s, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-            HAS_BIAS=bias is not None, DOT_FP32=_interpreting(), ONE_DOT=cfg.kind == "dot1", ASM=not _interpreting(),
+            HAS_BIAS=bias is not None, DOT_FP32=interpreting(), ONE_DOT=cfg.kind == "dot1", ASM=not interpreting(),
             BF16X2=os.environ.get("FP4LAB_W4A16_SAFE_DEQUANT") != "1",
             EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -492,17 +488,13 @@ def _launch(cfg: Config, x, words, scales_t, g, bias, y):
         _w4a16_swap_kernel[(tiles_m * tiles_n, cfg.split_k)](
             x, words, s, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-            HAS_BIAS=bias is not None, DOT_FP32=_interpreting(), ONE_DOT=cfg.kind == "swap", ASM=not _interpreting(),
+            HAS_BIAS=bias is not None, DOT_FP32=interpreting(), ONE_DOT=cfg.kind == "swap", ASM=not interpreting(),
             BF16X2=os.environ.get("FP4LAB_W4A16_SAFE_DEQUANT") != "1",
             EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
         raise ValueError(f"w4a16: unknown config kind {cfg.kind!r}")
     return y
-
-
-def _pow2(v: int) -> int:
-    return 1 << max(0, (v - 1).bit_length())
 
 
 def _split_for(tiles: int, k: int, block_k: int, sms: int, waves: int = 2) -> int:
@@ -531,15 +523,15 @@ def candidates(m: int, n: int, k: int, sms: int = 132) -> list[Config]:
     if m == 1:
         # num_stages 1: software pipelining (2, 3) measured no faster on an H100 (benchmarks/w4a16.md)
         for bn, bk in ((64, 256), (128, 256), (256, 128), (64, 512), (32, 256)):
-            bk = min(bk, _pow2(k))
+            bk = min(bk, next_pow2(k))
             for waves in (2, 4, 8):
                 out.append(Config("gemv", 1, bn, bk, _split_for(cdiv(n, bn), k, bk, sms, waves), 4, 1))
-    bms = [min(max(_pow2(m), 16), 256)]
+    bms = [min(max(next_pow2(m), 16), 256)]
     if bms[0] == 256:
         bms.append(128)  # two token tiles per weight tile: dequantized twice, read from HBM once
     for bm in bms:
         for bn, bk, warps, stages in _swap_specs(bm):
-            bk = min(bk, _pow2(k))
+            bk = min(bk, next_pow2(k))
             for waves in (1, 2, 4):
                 split = _split_for(cdiv(m, bm) * cdiv(n, bn), k, bk, sms, waves)
                 out.append(Config("swap", bm, bn, bk, split, warps, stages))
@@ -559,7 +551,7 @@ _CACHE_LOADED: set = set()
 
 
 def _key(m, n, k, device, has_bias):
-    return (m if m <= 16 else _pow2(m), n, k, str(device), has_bias)
+    return (m if m <= 16 else next_pow2(m), n, k, str(device), has_bias)
 
 
 def _cache_path(device) -> str | None:
@@ -689,7 +681,7 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_t: torch.Tensor, g
         x = x.contiguous()
     if m == 0:
         return torch.empty(0, n, dtype=torch.bfloat16, device=x.device)
-    if not x.is_cuda and not _interpreting():
+    if not x.is_cuda and not interpreting():
         out = x.float() @ dequantize_kernel_layout(words, scales_t, g, torch.float32)
         return (out if bias is None else out + bias.float()).to(torch.bfloat16)
     y = torch.empty(m, n, dtype=torch.bfloat16, device=x.device)
