@@ -7,17 +7,6 @@ import torch.nn.functional as F
 NONFINITE_MODES = ("raise", "propagate")
 
 
-def check_not_capturing(where: str) -> None:
-    """Stochastic rounding draws its seed on the host at call time; inside a CUDA graph capture that
-    draw would be frozen, and every replay would reuse the same random numbers. Refuse instead."""
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-        raise RuntimeError(
-            f"{where}: stochastic rounding cannot run inside a CUDA graph capture: its seed is drawn on "
-            f"the host, so every replay would repeat the same random numbers. Run the step without CUDA "
-            f"graphs (e.g. torch.compile without mode='reduce-overhead') or with stochastic_rounding=false"
-        )
-
-
 def check_input(x: torch.Tensor, where: str, nonfinite: str = "raise") -> None:
     """Raise TypeError for non-float input and ValueError (naming the flat index) for NaN/Inf."""
     if not isinstance(x, torch.Tensor):

@@ -40,3 +40,14 @@ def take_generator(state: torch.Tensor, device=None) -> torch.Generator:
     g = torch.Generator(device=device or state.device).manual_seed(int(state))
     advance(state)
     return g
+
+
+def check_not_capturing(where: str) -> None:
+    """A seed drawn on the host at call time would be frozen inside a CUDA graph capture, and every
+    replay would reuse the same random numbers: refuse (seed states have no such problem)."""
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            f"{where}: stochastic rounding cannot run inside a CUDA graph capture: its seed is drawn on "
+            f"the host, so every replay would repeat the same random numbers. Run the step without CUDA "
+            f"graphs (e.g. torch.compile without mode='reduce-overhead') or with stochastic_rounding=false"
+        )

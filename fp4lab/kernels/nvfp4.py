@@ -17,7 +17,7 @@ import triton.language as tl
 
 from fp4lab import formats
 from fp4lab.formats import seeds
-from fp4lab.formats._checks import check_input, check_not_capturing
+from fp4lab.formats._checks import check_input
 from fp4lab.kernels._grid import cdiv, interpreting, next_pow2
 from fp4lab.kernels.amax import amax_pair_partials, amax_partials, amax_partials_rht
 from fp4lab.kernels.numerics import (
@@ -200,7 +200,7 @@ def _stochastic_seed(rounding: str, generator, device):
     if generator is not None and generator.device.type != "cpu":
         raise ValueError("stochastic rounding takes its seed from a CPU torch.Generator or a seed state; a "
                          f"{generator.device.type} generator would force a host sync")
-    check_not_capturing("stochastic rounding kernel")
+    seeds.check_not_capturing("stochastic rounding kernel")
     # drawn on the host from a CPU generator: reproducible and never waits for the GPU
     return int(torch.randint(2**31 - 1, (1,), generator=generator)), None
 

@@ -15,7 +15,6 @@ import torch
 
 from fp4lab import formats
 from fp4lab.formats import seeds
-from fp4lab.formats._checks import check_not_capturing
 from fp4lab.recipes import RecipeConfig
 
 
@@ -66,8 +65,14 @@ class GemmPlan:
     def weight_consistent(self) -> bool:
         """Dgrad uses exactly the Fprop-quantized W (2D tiles, or one FP8 scale per tensor)."""
         w = self.fprop_w
-        per_tensor = w is not None and w.fmt.startswith("fp8") and not w.block128
-        return w is not None and w == self.dgrad_w and (w.block_2d or per_tensor)
+        return w is not None and w == self.dgrad_w and (w.block_2d or layout_free(w))
+
+    @property
+    def single_pass_operands(self) -> bool:
+        """x and dy are each fake-quantized once: Wgrad reads Fprop's Q(x) and Dgrad's Q(dy) through
+        transposed views (the same layout-free quantization in both GEMMs that read each)."""
+        return (self.wgrad_x == self.fprop_x and layout_free(self.wgrad_x)
+                and self.wgrad_dy == self.dgrad_dy and layout_free(self.wgrad_dy))
 
 
 def _roles(r: RecipeConfig) -> dict[str, OperandQuant | None]:
@@ -128,7 +133,7 @@ def _device_generator(generator, device: torch.device):
         return seeds.take_generator(generator, device)
     if generator is None or device.type == generator.device.type:
         return generator
-    check_not_capturing("stochastic rounding")
+    seeds.check_not_capturing("stochastic rounding")
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     return torch.Generator(device=device).manual_seed(seed)
 
@@ -155,7 +160,7 @@ def has_packed_kernel(q: OperandQuant) -> bool:
 def shared_amax_parts(t: torch.Tensor, rowwise: OperandQuant | None, col: OperandQuant | None):
     """(rowwise, columnwise) amax partials of t for two NVFP4 quantizations of it, from one read of t
     (kernels.amax_parts_nvfp4), or (None, None) where each quantization finds its own amax: off CUDA,
-    inside torch.compile (the SR custom op takes no partials), or unless both operands are NVFP4."""
+    inside torch.compile (the custom ops take no partials), or unless both operands are NVFP4."""
     k = _kernels()
     if (k is None or not t.is_cuda or rowwise is None or col is None or rowwise.fmt != "nvfp4"
             or col.fmt != "nvfp4" or torch.compiler.is_compiling()):
@@ -168,14 +173,14 @@ def quantize(t: torch.Tensor, q: OperandQuant, *, columnwise: bool = False, gene
     """Packed quantization of a 2D operand along its last dim (of t^T with `columnwise`); amax_parts
     (NVFP4 on CUDA only) from `shared_amax_parts` skips the amax pass; forward_walk: tile order only
     (kernels.nvfp4_triton)."""
-    if isinstance(generator, int) and not torch.compiler.is_compiling():
-        generator = sr_state(generator)
     if q.fmt == "nvfp4" and _opaque_under_compile(t, q, generator):
         rht = q.rht and columnwise
         codes, scales, amax = torch.ops.fp4lab.quantize_nvfp4(
             t, q.block_2d, q.stochastic, q.scale_order, columnwise, rht, _key(q, generator))
         return formats.NVFP4Tensor(codes, scales.view(torch.float8_e4m3fn), amax, _packed_shape(t, columnwise, rht),
                                    q.scale_order, q.block_2d)
+    if isinstance(generator, int):
+        generator = sr_state(generator)
     return _quantize(t, q, columnwise, generator, amax_parts, forward_walk)
 
 

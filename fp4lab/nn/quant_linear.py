@@ -78,7 +78,7 @@ class _QuantLinearFn(torch.autograd.Function):
         if plan.wgrad_x is None:
             saved.append(x2d)
             metas["x"] = None
-        elif plan.wgrad_x == plan.fprop_x and _ops.layout_free(plan.wgrad_x):
+        elif plan.single_pass_operands:
             saved.append(xq)  # Wgrad reads Fprop's values through a transposed view: no second pass
             metas["x"] = "fprop"
         elif _ops.has_packed_kernel(plan.wgrad_x):
@@ -125,18 +125,16 @@ class _QuantLinearFn(torch.autograd.Function):
         dy_parts = dy_parts_wgrad = None
         if need_dx and need_dw and metas["x"] is not None:
             dy_parts, dy_parts_wgrad = _ops.shared_amax_parts(dy2d, plan.dgrad_dy, plan.wgrad_dy)
-        shared_dy = metas["x"] == "fprop" and plan.wgrad_dy == plan.dgrad_dy and _ops.layout_free(plan.wgrad_dy)
-        if need_dx or shared_dy:
+        if need_dx or metas["x"] == "fprop":
             dyq = (_ops.fake_quantize(dy2d, plan.dgrad_dy, generator=gen, amax_parts=dy_parts)
                    if plan.dgrad_dy is not None else dy2d)
         if need_dw:
             if metas["x"] is None:
                 x_km = rest[0].t()
                 dy_nm = dy2d.t()
-            elif metas["x"] == "fprop":  # [M, K] values, no token padding (it adds nothing to dW)
+            elif metas["x"] == "fprop":  # Fprop's Q(x) [M, K] and Dgrad's Q(dy), transposed; no token padding
                 x_km = rest[0].t()
-                dy_nm = dyq.t() if shared_dy else _ops.fake_quantize(dy2d, plan.wgrad_dy, columnwise=True,
-                                                                     generator=gen)
+                dy_nm = dyq.t()
             else:
                 dy_pad = _pad_rows(dy2d, _col_block(plan.wgrad_dy))
                 dy_nm = _ops.fake_quantize(dy_pad, plan.wgrad_dy, columnwise=True, generator=gen,
