@@ -180,7 +180,7 @@ def quantize(t: torch.Tensor, q: OperandQuant, *, columnwise: bool = False, gene
         return formats.NVFP4Tensor(codes, scales.view(torch.float8_e4m3fn), amax, _packed_shape(t, columnwise, rht),
                                    q.scale_order, q.block_2d)
     if isinstance(generator, int):
-        generator = sr_state(generator)
+        generator = sr_state(generator, t.device)
     return _quantize(t, q, columnwise, generator, amax_parts, forward_walk)
 
 
@@ -222,7 +222,7 @@ def fake_quantize(
             _key(q, generator), dtype,
         )
     if isinstance(generator, int):
-        generator = sr_state(generator)
+        generator = sr_state(generator, t.device)
     return _fake_quantize(t, q, columnwise, generator, dtype, amax_parts, forward_walk)
 
 
@@ -311,10 +311,14 @@ def register_sr_source(layer) -> int:
     return len(_SR_SOURCES) - 1
 
 
-def sr_state(key: int) -> torch.Tensor:
+def sr_state(key: int, device: torch.device | None = None) -> torch.Tensor:
+    """The seed state of the layer with this key, moved to `device` first if it is elsewhere (parameters
+    moved without Module._apply, as FSDP2 does; a compiled graph never runs the layer's own check)."""
     layer = _SR_SOURCES[key]()
     if layer is None:
         raise RuntimeError(f"stochastic-rounding key {key}: its layer no longer exists")
+    if device is not None and layer.sr_state.device != device:
+        layer._move_sr_state(device)
     return layer.sr_state
 
 
@@ -329,7 +333,7 @@ def _fake_quantize_op(
     scale_rule: str, columnwise: bool, generator_key: int, dtype: torch.dtype,
 ) -> torch.Tensor:
     q = OperandQuant(fmt, block_2d, block128, rht, stochastic, scale_order, scale_rule)
-    gen = sr_state(generator_key) if generator_key >= 0 else None
+    gen = sr_state(generator_key, t.device) if generator_key >= 0 else None
     return _fake_quantize(t, q, columnwise, gen, dtype)
 
 
@@ -344,7 +348,7 @@ def _quantize_nvfp4_op(
     generator_key: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     q = OperandQuant("nvfp4", block_2d=block_2d, rht=rht, stochastic=stochastic, scale_order=scale_order)
-    p = _quantize(t, q, columnwise, sr_state(generator_key) if generator_key >= 0 else None)
+    p = _quantize(t, q, columnwise, sr_state(generator_key, t.device) if generator_key >= 0 else None)
     # scales travel as their bytes: torch's op checks cannot compare float8 tensors
     return p.codes, p.scales.view(torch.uint8), p.global_amax
 

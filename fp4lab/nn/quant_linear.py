@@ -239,6 +239,15 @@ class QuantLinear(nn.Linear):
         super().__setstate__(state)
         self.sr_key = _ops.register_sr_source(self)
 
+    def _apply(self, fn, recurse=True):
+        # .to / .cuda / .to_empty move the seed state with the parameters, so a model moved before
+        # torch.compile finds it on its device (compiled graphs never run forward's check below)
+        out = super()._apply(fn, recurse)
+        device = fn(self.sr_state).device
+        if device != self.sr_state.device:
+            self._move_sr_state(device)
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.compiler.is_compiling() and self.sr_state.device != x.device:
             self._move_sr_state(x.device)

@@ -163,3 +163,24 @@ def _run_keep_state(layer, x, dy):
     layer.weight.grad = None
     layer(x.clone().requires_grad_(True)).backward(dy)
     return layer.weight.grad.float()
+
+
+def test_reduce_overhead_compile_of_a_model_moved_to_cuda():
+    # the harness's path: build on the CPU, .cuda(), torch.compile(mode="reduce-overhead"); the compiled
+    # graph never runs forward's device check, so the seed states must have moved with the module. Each
+    # step (CUDA-graph replay) draws fresh SR seeds and the loss stays finite.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(QuantLinear(256, 512, recipe="nvfp4"), torch.nn.GELU(),
+                                QuantLinear(512, 256, recipe="nvfp4")).cuda()
+    assert all(m.sr_state.is_cuda for m in model if isinstance(m, QuantLinear))
+    step = torch.compile(model, mode="reduce-overhead")
+    x = torch.randn(512, 256, device="cuda")
+    grads = []
+    for _ in range(5):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = step(x).float().square().mean()
+        loss.backward()
+        assert torch.isfinite(loss)
+        grads.append(model[0].weight.grad.clone())
+        model.zero_grad(set_to_none=True)
+    assert not torch.equal(grads[-1], grads[-2])  # SR noise differs between replays

@@ -356,3 +356,20 @@ def test_sr_seed_state_advances_once_per_stochastic_quantization(recipe, draws):
     assert lazy.sr_state.device.type == "cpu" and int(lazy.sr_state) == start
     layer.reseed()
     assert int(layer.sr_state) == start
+
+
+def test_sr_seed_state_follows_module_moves():
+    # .to() / .to_empty() carry the state (a compiled graph never runs forward's device check), a dtype
+    # cast leaves it an int64 with its value, and the compiled ops' lookup moves a state left behind
+    # (FSDP2 moves parameters without Module._apply)
+    layer = QuantLinear(32, 32, recipe=get_recipe("nvfp4").replace(seed=3))
+    layer.sr_state.add_(5)
+    layer.to(torch.float64)
+    assert layer.sr_state.dtype == torch.int64 and int(layer.sr_state) == 3 * 1_000_003 + 5
+    lazy = QuantLinear(32, 32, device="meta", recipe=get_recipe("nvfp4").replace(seed=3))
+    assert lazy.sr_state.is_meta
+    lazy.to_empty(device="cpu")
+    assert lazy.sr_state.device.type == "cpu" and int(lazy.sr_state) == 3 * 1_000_003
+    lazy.sr_state = lazy.sr_state.to("meta")
+    state = _ops.sr_state(lazy.sr_key, torch.device("cpu"))
+    assert state is lazy.sr_state and state.device.type == "cpu" and int(state) == 3 * 1_000_003
