@@ -50,7 +50,7 @@ def _amax_flat_kernel(x_ptr, n, parts_ptr, BLOCK: tl.constexpr):
 
 @triton.jit
 def _amax_rht_kernel(x_ptr, stride_r, stride_c, R, C, parts_ptr, n_tiles_r, n_tiles_c,
-                     BR: tl.constexpr, BC: tl.constexpr, DOT_FP32: tl.constexpr, TILES_C_MAJOR: tl.constexpr,
+                     BR: tl.constexpr, BC: tl.constexpr, VEC_R: tl.constexpr, TILES_C_MAJOR: tl.constexpr,
                      PLAIN: tl.constexpr):
     # amax of the BF16-rounded RHT output, tile by tile (the quantizer recomputes the transform); tiles
     # in x's memory order, so the quantizer's reversed walk finds the last ones in L2. PLAIN: also max |t|
@@ -63,11 +63,11 @@ def _amax_rht_kernel(x_ptr, stride_r, stride_c, R, C, parts_ptr, n_tiles_r, n_ti
     for tile in range(pid, n_tiles_r * n_tiles_c, nprog):
         tr, tc = tile_coords(tile, n_tiles_r, n_tiles_c, TILES_C_MAJOR)
         if PLAIN:
-            t = load_tile(x_ptr, stride_r, stride_c, R, C, tr * BR, tc * BC, BR, BC, False, DOT_FP32, 0)
+            t = load_tile(x_ptr, stride_r, stride_c, R, C, tr * BR, tc * BC, BR, BC, False, VEC_R)
             acc = tl.maximum(acc, tl.abs(t).to(tl.int32, bitcast=True))
-            h = rht_rows(t, BR, BC, DOT_FP32)
+            h = rht_rows(t, BR, BC)
         else:
-            h = load_tile(x_ptr, stride_r, stride_c, R, C, tr * BR, tc * BC, BR, BC, True, DOT_FP32, 0)
+            h = load_tile(x_ptr, stride_r, stride_c, R, C, tr * BR, tc * BC, BR, BC, True, VEC_R)
         acc_h = tl.maximum(acc_h, tl.abs(h).to(tl.int32, bitcast=True))
     if PLAIN:
         tl.store(parts_ptr + pid, tl.max(tl.max(acc, axis=1), axis=0))
@@ -89,26 +89,26 @@ def amax_partials(x: torch.Tensor) -> torch.Tensor:
     return parts
 
 
-def _rht_partials(x, stride_r, stride_c, R, C, BR, BC, dot_fp32, tiles_c_major, plain: bool) -> torch.Tensor:
+def _rht_partials(x, stride_r, stride_c, R, C, BR, BC, vec_r, tiles_c_major, plain: bool) -> torch.Tensor:
     n_tiles_r, n_tiles_c = cdiv(R, BR), cdiv(C, BC)
     n = n_programs(max(n_tiles_r * n_tiles_c, 1), x.device)
     parts = torch.empty((2 if plain else 1) * n, dtype=torch.int32, device=x.device)
     _amax_rht_kernel[(n,)](x, stride_r, stride_c, R, C, parts, n_tiles_r, n_tiles_c,
-                           BR=BR, BC=BC, DOT_FP32=dot_fp32, TILES_C_MAJOR=tiles_c_major, PLAIN=plain,
+                           BR=BR, BC=BC, VEC_R=vec_r, TILES_C_MAJOR=tiles_c_major, PLAIN=plain,
                            num_warps=4, enable_fp_fusion=False)
     return parts
 
 
 def amax_partials_rht(x: torch.Tensor, stride_r: int, stride_c: int, R: int, C: int,
-                      BR: int, BC: int, dot_fp32: bool, tiles_c_major: bool) -> torch.Tensor:
+                      BR: int, BC: int, vec_r: int, tiles_c_major: bool) -> torch.Tensor:
     """int32 partial maxima of |RHT(t)| for the logical view t [R, C] of x (RHT along C)."""
-    return _rht_partials(x, stride_r, stride_c, R, C, BR, BC, dot_fp32, tiles_c_major, False)
+    return _rht_partials(x, stride_r, stride_c, R, C, BR, BC, vec_r, tiles_c_major, False)
 
 
 def amax_pair_partials(x: torch.Tensor, stride_r: int, stride_c: int, R: int, C: int,
-                       BR: int, BC: int, dot_fp32: bool, tiles_c_major: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                       BR: int, BC: int, vec_r: int, tiles_c_major: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """int32 partial maxima of |t| and of |RHT(t)| for the logical view t [R, C] of x, in one pass."""
-    parts = _rht_partials(x, stride_r, stride_c, R, C, BR, BC, dot_fp32, tiles_c_major, True)
+    parts = _rht_partials(x, stride_r, stride_c, R, C, BR, BC, vec_r, tiles_c_major, True)
     n = parts.numel() // 2
     return parts[:n], parts[n:]
 

@@ -11,7 +11,7 @@ import triton.language as tl
 
 from fp4lab import formats
 from fp4lab.formats import seeds
-from fp4lab.kernels._grid import cdiv, interpreting
+from fp4lab.kernels._grid import cdiv
 from fp4lab.kernels.numerics import (
     e2m1_encode, e2m1_round, e2m1_value, fdiv, load_tile, round_to_bf16, sr_uniforms, tile_coords,
 )
@@ -59,14 +59,13 @@ def mx_block_scale(amax_bits, RULE: tl.constexpr):
 def _mxfp4_fake_kernel(
     x_ptr, stride_r, stride_c, R, C, C_out, Cp, out_ptr, seed, seed_ptr, n_tiles_r, n_tiles_c,
     RULE: tl.constexpr, STOCHASTIC: tl.constexpr, SEED_FROM_PTR: tl.constexpr, RHT: tl.constexpr,
-    DOT_FP32: tl.constexpr,
     INNER_DTYPE: tl.constexpr, TILES_C_MAJOR: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
 ):
     pid = tl.program_id(0)
     tr, tc = tile_coords(pid, n_tiles_r, n_tiles_c, TILES_C_MAJOR)
     r0 = tr * BR
     c0 = tc * BC
-    t = load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0, BR, BC, RHT, DOT_FP32, 0)
+    t = load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0, BR, BC, RHT, 0)
     # integer max of the bits: NaN propagates into its block's scale (0xFF) as in the reference
     bits = tl.abs(t).to(tl.int32, bitcast=True)
     amax_bits = tl.max(tl.reshape(bits, [BR, BC // 32, 32]), axis=2)
@@ -113,7 +112,7 @@ def mxfp4_fake_triton(x, *, scale_rule="rceil", rounding="nearest", generator=No
             x2, stride_r, stride_c, R, C, C_out, Cp, out, seed, x2 if seed_state is None else seed_state,
             n_tiles_r, n_tiles_c, RULE=RULES[scale_rule], STOCHASTIC=rounding == "stochastic",
             SEED_FROM_PTR=seed_state is not None, RHT=rht,
-            DOT_FP32=interpreting() or x.dtype != torch.bfloat16, INNER_DTYPE=_tl_dtype(inner),
+            INNER_DTYPE=_tl_dtype(inner),
             TILES_C_MAJOR=columnwise, BR=BR, BC=BC, num_warps=4, enable_fp_fusion=False,
         )
     if seed_state is not None:

@@ -120,29 +120,24 @@ def round_to_bf16(v):
 
 
 @triton.jit
-def rht_matrix(DTYPE: tl.constexpr):
-    """The 16x16 RHT matrix H = diag(s) @ H16 / 4 (row vector times matrix), entries ±0.25 exact in bf16."""
-    i = tl.arange(0, 16)[:, None]
-    j = tl.arange(0, 16)[None, :]
-    p = i & j
-    parity = (p ^ (p >> 1) ^ (p >> 2) ^ (p >> 3)) & 1
-    neg = parity ^ ((RHT_SIGN_MASK >> i) & 1)
-    return tl.where(neg == 1, -0.25, 0.25).to(DTYPE)
+def rht_rows(t, BR: tl.constexpr, BC: tl.constexpr):
+    """Apply the RHT (t @ diag(s) @ H16 / 4) to each group of 16 along the last dim of the tile t [BR, BC];
+    BF16-rounded result (TE rounds the transform output to BF16 before amax and quantization, spec
+    §4.2), returned as fp32.
 
-
-@triton.jit
-def rht_rows(t, BR: tl.constexpr, BC: tl.constexpr, DOT_FP32: tl.constexpr):
-    """Apply the RHT to each group of 16 along the last dim of the tile t [BR, BC]; BF16-rounded result
-    (TE rounds the transform output to BF16 before amax and quantization, spec §4.2), returned as fp32.
-
-    Products with ±0.25 are exact; the sum of 16 is accumulated in fp32 like the reference.
+    Products with ±0.25 are exact; the 16 are summed in fp32 by a constant-geometry (Pease) Walsh-Hadamard
+    butterfly: each stage pairs neighbours (sum first, difference second, in the next index bit), so
+    after 4 stages the outputs are in H16's Sylvester order. 64 adds per group in registers: the
+    tl.dot it replaces spent more time converting layouts than on the math (benchmarks/quantize.md).
     """
-    g = tl.reshape(t, [BR * BC // 16, 16])
-    if DOT_FP32:
-        y = tl.dot(g.to(tl.float32), rht_matrix(tl.float32), input_precision="ieee")
-    else:
-        y = tl.dot(g.to(tl.bfloat16), rht_matrix(tl.bfloat16))
-    return tl.reshape(round_to_bf16(y), [BR, BC])
+    n: tl.constexpr = BR * BC // 16
+    j = tl.arange(0, 16)
+    negative = (tl.full([16], RHT_SIGN_MASK, tl.int32) >> j) & 1
+    g = tl.reshape(t, [n, 16]) * tl.where(negative == 1, -0.25, 0.25)[None, :]
+    for _ in tl.static_range(4):
+        a, b = tl.split(tl.reshape(g, [n, 8, 2]))
+        g = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 2, 1)), [n, 16])
+    return tl.reshape(round_to_bf16(g), [BR, BC])
 
 
 @triton.jit
@@ -159,8 +154,7 @@ def tile_coords(idx, n_tiles_r, n_tiles_c, TILES_C_MAJOR: tl.constexpr):
 
 @triton.jit
 def load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0,
-              BR: tl.constexpr, BC: tl.constexpr, RHT: tl.constexpr, DOT_FP32: tl.constexpr,
-              VEC_R: tl.constexpr):
+              BR: tl.constexpr, BC: tl.constexpr, RHT: tl.constexpr, VEC_R: tl.constexpr):
     """Tile [BR, BC] of the logical view t[r, c] = x[r * stride_r + c * stride_c] as fp32, zero outside.
 
     VEC_R > 0 (columnwise, stride_r == 1) caps the run of contiguous r the compiler sees at VEC_R, so
@@ -176,7 +170,7 @@ def load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0,
     ptrs = x_ptr + r[:, None].to(tl.int64) * stride_r + c[None, :].to(tl.int64) * stride_c
     t = tl.load(ptrs, mask=(r[:, None] < R) & (c[None, :] < C), other=0.0)
     if RHT:
-        return rht_rows(t, BR, BC, DOT_FP32)
+        return rht_rows(t.to(tl.float32), BR, BC)
     return t.to(tl.float32)
 
 

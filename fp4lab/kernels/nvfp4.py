@@ -36,8 +36,6 @@ ROUNDINGS = ("nearest", "stochastic")
 TILE_ROWWISE = (32, 128)
 TILE_COLUMNWISE = (512, 16)
 VEC_COLUMNWISE = 4
-# the RHT's tl.dot wants a wider tile; it keeps the measured 64x64
-TILE_RHT_COLUMNWISE = (64, 64)
 
 
 @triton.jit
@@ -85,7 +83,7 @@ def _nvfp4_kernel(
     amax_src_ptr, n_amax_src, amax_out_ptr,
     codes_ptr, scales_ptr, out_ptr, seed, seed_ptr, n_tiles_r, n_tiles_c, forward_walk,
     ORDER: tl.constexpr, BLOCK_2D: tl.constexpr, STOCHASTIC: tl.constexpr, SEED_FROM_PTR: tl.constexpr, RHT: tl.constexpr,
-    DOT_FP32: tl.constexpr, QUANT: tl.constexpr, FAKE: tl.constexpr, WRITE_AMAX: tl.constexpr,
+    QUANT: tl.constexpr, FAKE: tl.constexpr, WRITE_AMAX: tl.constexpr,
     INNER_DTYPE: tl.constexpr, TILES_C_MAJOR: tl.constexpr, N_SRC: tl.constexpr,
     BR: tl.constexpr, BC: tl.constexpr, VEC_R: tl.constexpr,
 ):
@@ -96,7 +94,7 @@ def _nvfp4_kernel(
     c0 = tc * BC
 
     # the tile's loads are issued before the amax partials are reduced, so both are in flight together
-    t = load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0, BR, BC, RHT, DOT_FP32, VEC_R)
+    t = load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0, BR, BC, RHT, VEC_R)
     amax = reduce_amax_bits(amax_src_ptr, n_amax_src, N_SRC)
     if WRITE_AMAX:
         if pid == 0:
@@ -243,11 +241,10 @@ def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", sca
     x2, stride_r, stride_c, R, C = _logical_view(x, columnwise)
     dev = x.device
     if tile is None:
-        tile = (TILE_RHT_COLUMNWISE if rht else TILE_COLUMNWISE) if columnwise else TILE_ROWWISE
+        tile = TILE_COLUMNWISE if columnwise else TILE_ROWWISE
     BR, BC = tile
     if vec_r is None:
-        vec_r = VEC_COLUMNWISE if columnwise and not rht and BC == 16 else 0
-    dot_fp32 = interpreting() or x.dtype != torch.bfloat16
+        vec_r = VEC_COLUMNWISE if columnwise and BC == 16 else 0
     Cp = cdiv(C, 16) * 16
     C_out = Cp if rht else C  # random_hadamard_16 returns the padded length
     R_out = cdiv(R, 16) * 16 if block_2d else R
@@ -257,7 +254,7 @@ def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", sca
         if amax_parts is not None:
             parts = amax_parts
         elif rht:
-            parts = amax_partials_rht(x2, stride_r, stride_c, R, C, BR, BC, dot_fp32, columnwise)
+            parts = amax_partials_rht(x2, stride_r, stride_c, R, C, BR, BC, vec_r, columnwise)
         else:
             parts = amax_partials(x2)
         amax_out = torch.empty((), dtype=torch.float32, device=dev) if write_amax else parts
@@ -286,7 +283,7 @@ def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", sca
             seed, x2 if seed_state is None else seed_state, n_tiles_r, n_tiles_c, int(forward_walk),
             ORDER=ORDERS[scale_order], BLOCK_2D=block_2d, STOCHASTIC=rounding == "stochastic",
             SEED_FROM_PTR=seed_state is not None, RHT=rht,
-            DOT_FP32=dot_fp32, QUANT=not fake, FAKE=fake, WRITE_AMAX=write_amax,
+            QUANT=not fake, FAKE=fake, WRITE_AMAX=write_amax,
             INNER_DTYPE=_tl_dtype(inner), TILES_C_MAJOR=columnwise,
             N_SRC=max(next_pow2(parts.numel()), 2), BR=BR, BC=BC, VEC_R=vec_r,
             num_warps=num_warps,
@@ -366,8 +363,7 @@ def amax_parts_nvfp4(x: torch.Tensor, *, rht: bool = True) -> tuple[torch.Tensor
     if not rht:
         p = amax_partials(x2)
         return p, p
-    dot_fp32 = interpreting() or x.dtype != torch.bfloat16
-    return amax_pair_partials(x2, stride_r, stride_c, R, C, *TILE_RHT_COLUMNWISE, dot_fp32, True)
+    return amax_pair_partials(x2, stride_r, stride_c, R, C, *TILE_COLUMNWISE, VEC_COLUMNWISE, True)
 
 
 def _parts_amax(amax_parts):
