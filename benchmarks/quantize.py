@@ -117,25 +117,30 @@ QUICK_CASES = ("quantize rowwise", "quantize columnwise", "quantize rht+columnwi
 # columnwise (tile, num_warps, vec_r) candidates timed by --tiles on 8192x4096 with the amax given, so
 # one run shows whether the defaults are the best of their neighbours
 # (the default (512, 16) w4 v4 is timed by the main rows "... columnwise, amax given")
-QUICK_COLUMNWISE_TILES = [((1024, 16), 8, 4), ((256, 16), 2, 4), ((1024, 16), 4, 8), ((64, 64), 4, 0)]
-QUICK_RHT_TILES = [((64, 64), 4, 0), ((128, 32), 4, 4), ((512, 16), 4, 4)]
+QUICK_COLUMNWISE_TILES = [((512, 16), 4, 4), ((1024, 16), 8, 4), ((256, 32), 4, 2), ((512, 32), 8, 2),
+                          ((128, 64), 4, 1), ((64, 64), 4, 0)]
+QUICK_RHT_TILES = [((512, 16), 4, 4), ((1024, 16), 8, 4), ((256, 32), 4, 2), ((64, 64), 4, 0)]
+QUICK_ROWWISE_TILES = [((32, 128), 4, 0), ((16, 256), 4, 0), ((32, 256), 8, 0), ((64, 128), 8, 0), ((8, 512), 4, 0)]
 
 
-def quick_columnwise_sweep(rows, copy_gbps):
+def quick_tile_sweep(rows, copy_gbps):
+    """Tile shapes of the rowwise / columnwise / RHT+columnwise kernel on 8192x4096, amax given."""
     from fp4lab.kernels.nvfp4 import nvfp4_triton
 
     M, K = 8192, 4096
     n = M * K
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
     a = torch.tensor(5.0, device="cuda")
-    for rht, fake in ((False, False), (False, True), (True, True)):
+    for columnwise, rht, fake in ((False, False, False), (False, False, True), (True, False, False),
+                                  (True, False, True), (True, True, False), (True, True, True)):
         nbytes = 2 * n + (2 * n if fake else n // 2 + n // 16)
-        for tile, warps, vec in QUICK_RHT_TILES if rht else QUICK_COLUMNWISE_TILES:
-            name = (f"{'fake' if fake else 'quantize'} {'rht+' if rht else ''}columnwise, amax given, "
-                    f"tile {tile[0]}x{tile[1]} w{warps} v{vec}")
+        tiles = (QUICK_RHT_TILES if rht else QUICK_COLUMNWISE_TILES) if columnwise else QUICK_ROWWISE_TILES
+        for tile, warps, vec in tiles:
+            kind = f"{'rht+' if rht else ''}{'columnwise' if columnwise else 'rowwise'}"
+            name = f"{'fake' if fake else 'quantize'} {kind}, amax given, tile {tile[0]}x{tile[1]} w{warps} v{vec}"
             try:
-                us = bench(lambda: nvfp4_triton(x, global_amax=a, columnwise=True, rht=rht, fake=fake, tile=tile,
-                                                num_warps=warps, vec_r=vec), reps=100)
+                us = bench(lambda: nvfp4_triton(x, global_amax=a, columnwise=columnwise, rht=rht, fake=fake,
+                                                tile=tile, num_warps=warps, vec_r=vec), reps=100)
             except Exception as err:  # noqa: BLE001 - a tile that fails to compile is reported, not fatal
                 print(f"{name}: failed {err!r}"[:300])
                 continue
@@ -202,7 +207,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="8192x4096 and 8192x8192 only, no SR variants, no compiled baselines (under a minute)")
     p.add_argument("--tiles", action="store_true",
-                   help="also time a few columnwise / RHT+columnwise tiles on 8192x4096 (about 25 s more)")
+                   help="also time a few tiles of each kernel layout on 8192x4096, amax given (about 40 s more)")
     p.add_argument("--graph", action="store_true",
                    help="also time every case in CUDA-graph replay (GPU time without Python launch overhead)")
     args = p.parse_args(argv)
@@ -268,7 +273,7 @@ def main(argv=None) -> int:
         xs = qs = None
         torch.cuda.empty_cache()
     if args.tiles:
-        quick_columnwise_sweep(rows, copy_gbps)
+        quick_tile_sweep(rows, copy_gbps)
         save()
     # compiled baselines last (each compile takes tens of seconds), on the shapes of the targets
     base = {} if args.no_baselines else baselines()

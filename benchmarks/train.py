@@ -44,6 +44,7 @@ from fp4lab.train.metrics import read_metrics  # noqa: E402
 
 VOCAB = 49152
 LOG_EVERY = 10
+BASELINES = ("plain-compiled", "harness-bf16-compiled", "plain-eager", "harness-bf16-eager")
 
 
 def synthetic_data(directory: Path, n_tokens: int, vocab: int) -> Path:
@@ -129,6 +130,7 @@ def harness(args, data_dir: Path, device, recipe: str, compiled: bool, work: Pat
     seconds = sum(r["step_time_s"] for r in timed)
     return dict(tokens_per_s=sum(r["tokens_step"] for r in timed) / seconds,
                 step_ms=1e3 * seconds / len(timed), wall_s=wall, final_loss=rows[-1]["loss"],
+                compile_mode=mode if compiled else None,
                 peak_mem_gib=max(r["peak_mem_bytes"] for r in rows) / 2**30 if device.type == "cuda" else None)
 
 
@@ -167,8 +169,13 @@ def main() -> int:
     p.add_argument("--compile-quantized", action="store_true")
     p.add_argument("--compile-mode", default="default",
                    help="torch.compile mode of the compiled quantized runs (reduce-overhead: CUDA graphs)")
+    p.add_argument("--baselines", default=",".join(BASELINES),
+                   help="which bf16 baseline runs to include (comma list of %(default)s, or 'none')")
     p.add_argument("--device", default="cuda")
     args = p.parse_args()
+    baselines = [] if args.baselines == "none" else args.baselines.split(",")
+    if unknown := sorted(set(baselines) - set(BASELINES)):
+        p.error(f"unknown --baselines {unknown}; choose from {', '.join(BASELINES)}")
     if args.warmup % LOG_EVERY or args.steps % LOG_EVERY:
         p.error(f"--warmup and --steps must be multiples of {LOG_EVERY}")
     device = torch.device(args.device)
@@ -185,10 +192,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data_dir = synthetic_data(tmp, 4_000_000, VOCAB)
-        jobs = [("plain-compiled", lambda: plain_loop(args, data_dir, device, True)),
-                ("harness-bf16-compiled", lambda: harness(args, data_dir, device, "bf16", True, tmp)),
-                ("plain-eager", lambda: plain_loop(args, data_dir, device, False)),
-                ("harness-bf16-eager", lambda: harness(args, data_dir, device, "bf16", False, tmp))]
+        # the compiled bf16 harness uses the quantized runs' compile mode, so their ratio compares like with like
+        bf16_mode = args.compile_mode if args.compile_quantized else "default"
+        jobs = [(name, job) for name, job in [
+            ("plain-compiled", lambda: plain_loop(args, data_dir, device, True)),
+            ("harness-bf16-compiled", lambda: harness(args, data_dir, device, "bf16", True, tmp, bf16_mode)),
+            ("plain-eager", lambda: plain_loop(args, data_dir, device, False)),
+            ("harness-bf16-eager", lambda: harness(args, data_dir, device, "bf16", False, tmp))] if name in baselines]
         for recipe in [r for r in args.recipes.split(",") if r != "bf16"]:
             mode = "eager" if not args.compile_quantized else (
                 "compiled" if args.compile_mode == "default" else f"compiled-{args.compile_mode}")
