@@ -28,15 +28,17 @@ from fp4lab.kernels.numerics import (
 ORDERS = {"torchao": 0, "te": 1, "compressed-tensors": 2}
 ROUNDINGS = ("nearest", "stochastic")
 # rows x columns of the logical view per program, and the load vector of the columnwise view (x.T is
-# contiguous along its rows). A columnwise tile is one 16-block wide and 4 x 32 x num_warps features
-# tall: each thread then holds 4 features x 16 tokens, loads 8 contiguous bytes per token (a warp
-# reads 256 contiguous bytes) and finds every block max in its own registers. The 64x64 tile it
-# replaces spread each 16-block over 4 threads x 4 warps (shuffles plus shared-memory reductions)
-# and ran at 21-24% of copy bandwidth on an H100 (benchmarks/quantize.md).
+# contiguous along its rows). The fake-quantize columnwise tile is one 16-block wide and 4 x 32 x
+# num_warps features tall: each thread then holds 4 features x 16 tokens, loads 8 contiguous bytes per
+# token (a warp reads 256 contiguous bytes) and finds every block max in its own registers. The 64x64
+# tile it replaces spread each 16-block over 4 threads x 4 warps (shuffles plus shared-memory
+# reductions) and ran at 21-24% of copy bandwidth on an H100 (benchmarks/quantize.md). The packed
+# output wants two blocks per thread instead (2 features x 32 tokens): each thread then writes 16
+# contiguous code bytes per feature rather than 8, a quarter of a 32-byte sector; 91 -> 64 us for
+# 8192x4096 with the amax given, the same for the fake output (H100, benchmarks/quantize.md).
 TILE_ROWWISE = (32, 128)
-TILE_COLUMNWISE = (512, 16)
-VEC_COLUMNWISE = 4
-
+COLUMNWISE_FAKE = ((512, 16), 4)  # (tile, vec_r)
+COLUMNWISE_PACKED = ((256, 32), 2)
 
 @triton.jit
 def block_scales(amax, amax_b, ORDER: tl.constexpr):
@@ -241,10 +243,10 @@ def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", sca
     x2, stride_r, stride_c, R, C = _logical_view(x, columnwise)
     dev = x.device
     if tile is None:
-        tile = TILE_COLUMNWISE if columnwise else TILE_ROWWISE
+        tile, default_vec = (COLUMNWISE_FAKE if fake else COLUMNWISE_PACKED) if columnwise else (TILE_ROWWISE, 0)
+        vec_r = default_vec if vec_r is None else vec_r
     BR, BC = tile
-    if vec_r is None:
-        vec_r = VEC_COLUMNWISE if columnwise and BC == 16 else 0
+    vec_r = vec_r or 0
     Cp = cdiv(C, 16) * 16
     C_out = Cp if rht else C  # random_hadamard_16 returns the padded length
     R_out = cdiv(R, 16) * 16 if block_2d else R
@@ -363,7 +365,8 @@ def amax_parts_nvfp4(x: torch.Tensor, *, rht: bool = True) -> tuple[torch.Tensor
     if not rht:
         p = amax_partials(x2)
         return p, p
-    return amax_pair_partials(x2, stride_r, stride_c, R, C, *TILE_COLUMNWISE, VEC_COLUMNWISE, True)
+    (BR, BC), vec_r = COLUMNWISE_FAKE  # the amax pass reads like the fake-quantize tile (44 us, 8192x4096, H100)
+    return amax_pair_partials(x2, stride_r, stride_c, R, C, BR, BC, vec_r, True)
 
 
 def _parts_amax(amax_parts):
