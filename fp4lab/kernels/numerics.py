@@ -154,7 +154,8 @@ def tile_coords(idx, n_tiles_r, n_tiles_c, TILES_C_MAJOR: tl.constexpr):
 
 @triton.jit
 def load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0,
-              BR: tl.constexpr, BC: tl.constexpr, RHT: tl.constexpr, VEC_R: tl.constexpr):
+              BR: tl.constexpr, BC: tl.constexpr, RHT: tl.constexpr, VEC_R: tl.constexpr,
+              WHOLE_BLOCKS: tl.constexpr = False):
     """Tile [BR, BC] of the logical view t[r, c] = x[r * stride_r + c * stride_c] as fp32, zero outside.
 
     VEC_R > 0 (columnwise, stride_r == 1) caps the run of contiguous r the compiler sees at VEC_R, so
@@ -162,13 +163,23 @@ def load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0,
     in its registers: the block max then needs no shuffle and the threads of a warp read consecutive
     addresses.
     """
-    i = tl.arange(0, BR)
-    if VEC_R > 0:
-        i = (i // VEC_R) * VEC_R + i % VEC_R
-    r = r0 + i
-    c = c0 + tl.arange(0, BC)
-    ptrs = x_ptr + r[:, None].to(tl.int64) * stride_r + c[None, :].to(tl.int64) * stride_c
-    t = tl.load(ptrs, mask=(r[:, None] < R) & (c[None, :] < C), other=0.0)
+    if WHOLE_BLOCKS:
+        # rowwise (stride_c == 1): load [2, BR, BC/16, 8], element (h, r, b, e) = column 16b + 8h + e. The
+        # halves are the slowest dim, so the compiler gives both halves of a 16-block to one thread
+        h = tl.arange(0, 2)[:, None, None, None]
+        r4 = r0 + tl.arange(0, BR)[None, :, None, None]
+        c4 = c0 + tl.arange(0, BC // 16)[None, None, :, None] * 16 + h * 8 + tl.arange(0, 8)[None, None, None, :]
+        t4 = tl.load(x_ptr + r4.to(tl.int64) * stride_r + c4.to(tl.int64) * stride_c,
+                     mask=(r4 < R) & (c4 < C), other=0.0)
+        t = tl.reshape(tl.permute(t4, (1, 2, 0, 3)), [BR, BC])
+    else:
+        i = tl.arange(0, BR)
+        if VEC_R > 0:
+            i = (i // VEC_R) * VEC_R + i % VEC_R
+        r = r0 + i
+        c = c0 + tl.arange(0, BC)
+        ptrs = x_ptr + r[:, None].to(tl.int64) * stride_r + c[None, :].to(tl.int64) * stride_c
+        t = tl.load(ptrs, mask=(r[:, None] < R) & (c[None, :] < C), other=0.0)
     if RHT:
         return rht_rows(t.to(tl.float32), BR, BC)
     return t.to(tl.float32)

@@ -87,7 +87,7 @@ def _nvfp4_kernel(
     ORDER: tl.constexpr, BLOCK_2D: tl.constexpr, STOCHASTIC: tl.constexpr, SEED_FROM_PTR: tl.constexpr, RHT: tl.constexpr,
     QUANT: tl.constexpr, FAKE: tl.constexpr, WRITE_AMAX: tl.constexpr,
     INNER_DTYPE: tl.constexpr, TILES_C_MAJOR: tl.constexpr, N_SRC: tl.constexpr,
-    BR: tl.constexpr, BC: tl.constexpr, VEC_R: tl.constexpr,
+    BR: tl.constexpr, BC: tl.constexpr, VEC_R: tl.constexpr, WHOLE_BLOCKS: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     last = n_tiles_r * n_tiles_c - 1
@@ -96,7 +96,7 @@ def _nvfp4_kernel(
     c0 = tc * BC
 
     # the tile's loads are issued before the amax partials are reduced, so both are in flight together
-    t = load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0, BR, BC, RHT, VEC_R)
+    t = load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0, BR, BC, RHT, VEC_R, WHOLE_BLOCKS)
     amax = reduce_amax_bits(amax_src_ptr, n_amax_src, N_SRC)
     if WRITE_AMAX:
         if pid == 0:
@@ -142,8 +142,15 @@ def _nvfp4_kernel(
         v = tl.reshape(tl.reshape(e, [BR, BC // 16, 16]) * decode[:, :, None], [BR, BC])
         if INNER_DTYPE == tl.bfloat16:
             v = round_to_bf16(v)
-        tl.store(out_ptr + rows[:, None].to(tl.int64) * C_out + cols[None, :], v.to(INNER_DTYPE),
-                 mask=(rows[:, None] < R) & (cols[None, :] < C_out))
+        if WHOLE_BLOCKS:  # stored in the load's [2, BR, BC/16, 8] order: no shared-memory round trip
+            v4 = tl.permute(tl.reshape(v, [BR, BC // 16, 2, 8]), (2, 0, 1, 3))
+            r4 = r0 + tl.arange(0, BR)[None, :, None, None]
+            c4 = (c0 + tl.arange(0, BC // 16)[None, None, :, None] * 16 + tl.arange(0, 2)[:, None, None, None] * 8
+                  + tl.arange(0, 8)[None, None, None, :])
+            tl.store(out_ptr + r4.to(tl.int64) * C_out + c4, v4.to(INNER_DTYPE), mask=(r4 < R) & (c4 < C_out))
+        else:
+            tl.store(out_ptr + rows[:, None].to(tl.int64) * C_out + cols[None, :], v.to(INNER_DTYPE),
+                     mask=(rows[:, None] < R) & (cols[None, :] < C_out))
 
 
 @triton.jit
@@ -287,7 +294,7 @@ def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", sca
             SEED_FROM_PTR=seed_state is not None, RHT=rht,
             QUANT=not fake, FAKE=fake, WRITE_AMAX=write_amax,
             INNER_DTYPE=_tl_dtype(inner), TILES_C_MAJOR=columnwise,
-            N_SRC=max(next_pow2(parts.numel()), 2), BR=BR, BC=BC, VEC_R=vec_r,
+            N_SRC=max(next_pow2(parts.numel()), 2), BR=BR, BC=BC, VEC_R=vec_r, WHOLE_BLOCKS=not columnwise,
             num_warps=num_warps,
             enable_fp_fusion=False,  # no fma contraction: every product is rounded like the reference
         )

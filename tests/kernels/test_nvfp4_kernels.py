@@ -216,6 +216,32 @@ def test_columnwise_tiling_does_not_change_numerics(tile, vec_r):
     assert torch.equal(a.codes, b.codes) and torch.equal(a.scales.view(torch.uint8), b.scales.view(torch.uint8))
 
 
+
+@pytest.mark.parametrize("tile", [(8, 64), (16, 32), (32, 128)])
+def test_rowwise_tiling_does_not_change_numerics(tile):
+    # rowwise tiles load whole 16-blocks per thread ([2, rows, blocks, 8]); masked edges on both dims
+    x = spread_input(37, 88, seed=sum(tile))
+    kw = dict(tile=tile, num_warps=1)
+    assert_same_nvfp4(nvfp4_triton(x, scale_order="te", **kw),
+                      formats.quantize_nvfp4(x, scale_order="te", nonfinite="propagate"))
+    if tile[0] % 16 == 0:  # 2D blocks need whole 16-row tiles
+        x2 = spread_input(48, 96, seed=sum(tile) + 1)
+        ct = dict(block_2d=True, scale_order="compressed-tensors")
+        assert_same_nvfp4(nvfp4_triton(x2, **ct, **kw), formats.quantize_nvfp4(x2, **ct, nonfinite="propagate"))
+    assert_bitwise_equal(nvfp4_triton(x, fake=True, **kw),
+                         formats.quantize_nvfp4(x, nonfinite="propagate").dequantize(x.dtype))
+    # SR uniforms are keyed by element position: the same draws as the columnwise kernel (whose tiles
+    # split nothing) reading x as the transposed view of x.T
+    sr = dict(rounding="stochastic")
+    for fake in (False, True):
+        a = nvfp4_triton(x, generator=torch.Generator().manual_seed(3), fake=fake, **sr, **kw)
+        b = nvfp4_triton(x.T.contiguous(), columnwise=True, generator=torch.Generator().manual_seed(3), fake=fake, **sr)
+        if fake:
+            assert_bitwise_equal(a, b)
+        else:
+            assert_same_nvfp4(a, b)
+
+
 @triton.jit
 def _e2m1_probe_kernel(y_ptr, code_ptr, value_ptr, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
