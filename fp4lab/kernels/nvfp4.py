@@ -36,6 +36,7 @@ ROUNDINGS = ("nearest", "stochastic")
 # output wants two blocks per thread instead (2 features x 32 tokens): each thread then writes 16
 # contiguous code bytes per feature rather than 8, a quarter of a 32-byte sector; 91 -> 64 us for
 # 8192x4096 with the amax given, the same for the fake output (H100, benchmarks/quantize.md).
+# Rowwise tiles are loaded as whole 16-blocks per thread (load_tile WHOLE_BLOCKS), except 2D ones.
 TILE_ROWWISE = (32, 128)
 COLUMNWISE_FAKE = ((512, 16), 4)  # (tile, vec_r)
 COLUMNWISE_PACKED = ((256, 32), 2)
