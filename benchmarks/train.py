@@ -11,7 +11,9 @@ clipping at 1.0, random tokens from a memmap (throughput does not depend on the 
   metrics.jsonl over the steps after the warm-up.
 Quantized recipes run eager unless --compile-quantized (their Triton kernels are the fast path;
 torch.compile around them is optional; --compile-mode reduce-overhead replays CUDA graphs, which the
-device seed states of stochastic rounding allow). Peak memory: torch.cuda.max_memory_allocated per run.
+device seed states of stochastic rounding allow; the compiled bf16 harness then uses the same mode).
+--baselines picks which of the four bf16 runs to include. Peak memory: torch.cuda.max_memory_allocated
+per run.
 
     PYTHONPATH=. python3 benchmarks/train.py --out benchmarks/results/train-<gpu>-<date>.json
 
