@@ -27,6 +27,7 @@ import traceback
 
 import torch
 import torch.nn as nn
+from _timing import replay_ms  # benchmarks/_timing.py (the script's folder is on sys.path)
 
 SHAPES = [(8192, 4096, 4096), (16384, 2048, 8192), (8192, 4096, 14336)]  # (M tokens, K in, N out)
 METHODS = ["bf16", "nvfp4", "mxfp4", "fp8", "naive-compiled-nvfp4"]
@@ -255,17 +256,7 @@ def graph_replay(shapes, methods, replays: int = 20) -> list[dict]:
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
                     fn(x).backward(dy)
-                graph.replay()
-                _sync()
-                times = []
-                for _ in range(replays):
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    graph.replay()
-                    end.record()
-                    end.synchronize()
-                    times.append(start.elapsed_time(end))
-                row["graph_ms"] = round(statistics.median(times), 4)
+                row["graph_ms"] = round(replay_ms(graph, replays), 4)
             except Exception as err:  # noqa: BLE001 - report and continue with the other methods
                 row["error"] = f"{type(err).__name__}: {err}"
                 traceback.print_exc()

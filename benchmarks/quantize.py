@@ -17,6 +17,7 @@ import platform
 import sys
 
 import torch
+from _timing import replay_ms  # benchmarks/_timing.py (the script's folder is on sys.path)
 
 SHAPES = [(8192, 8192), (8192, 4096), (16384, 2048)]
 
@@ -39,17 +40,9 @@ def graph_bench(fn, xs, replays: int = 10) -> float:
     with torch.cuda.graph(graph):
         for x in xs:
             fn(x)
-    graph.replay()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / len(xs))
+    us = replay_ms(graph, replays) * 1e3 / len(xs)
     del graph
-    return sorted(times)[len(times) // 2]
+    return us
 
 
 def copy_bandwidth() -> float:
