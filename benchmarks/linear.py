@@ -331,10 +331,14 @@ def main(argv=None) -> int:
     if DEVICE == "cuda" and not torch.cuda.is_available():
         print("benchmarks/linear.py needs a CUDA GPU", file=sys.stderr)
         return 2
-    stack = STACK if not args.stack else dict(zip(("layers", "M", "K"), (int(v) for v in args.stack.split("x"))))
+    # --device cpu checks the script itself: tiny defaults (the GPU shapes take many minutes on a CPU)
+    default_stack, default_shapes = (STACK, SHAPES) if DEVICE == "cuda" else ("2x64x64", [(64, 64, 64)])
+    stack = args.stack or default_stack
+    if isinstance(stack, str):
+        stack = dict(zip(("layers", "M", "K"), (int(v) for v in stack.split("x"))))
     torch.backends.cuda.matmul.allow_tf32 = False
     start = time.time()
-    shapes = SHAPES if not args.shapes else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    shapes = default_shapes if not args.shapes else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     methods = [m for m in args.methods.split(",") if m]
     unknown = set(methods) - set(METHODS)
     if unknown:
