@@ -6,17 +6,18 @@ import statistics
 import torch
 
 
-def replay_ms(graph: torch.cuda.CUDAGraph, replays: int = 10) -> float:
-    """Median ms of one replay of a captured CUDA graph, by CUDA events around each replay (after one
-    untimed replay)."""
+def replay_ms(graph: torch.cuda.CUDAGraph, repeats: int = 10, replays: int = 1) -> float:
+    """Median ms of one replay of a captured CUDA graph: `repeats` timings by CUDA events, each around
+    `replays` back-to-back replays (after one untimed replay)."""
     graph.replay()
     torch.cuda.synchronize()
     times = []
-    for _ in range(replays):
+    for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        graph.replay()
+        for _ in range(replays):
+            graph.replay()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / replays)
     return statistics.median(times)

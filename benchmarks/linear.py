@@ -256,7 +256,7 @@ def graph_replay(shapes, methods, replays: int = 20) -> list[dict]:
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
                     fn(x).backward(dy)
-                row["graph_ms"] = round(replay_ms(graph, replays), 4)
+                row["graph_ms"] = round(replay_ms(graph, repeats=replays), 4)
             except Exception as err:  # noqa: BLE001 - report and continue with the other methods
                 row["error"] = f"{type(err).__name__}: {err}"
                 traceback.print_exc()
@@ -332,10 +332,8 @@ def main(argv=None) -> int:
         print("benchmarks/linear.py needs a CUDA GPU", file=sys.stderr)
         return 2
     # --device cpu checks the script itself: tiny defaults (the GPU shapes take many minutes on a CPU)
-    default_stack, default_shapes = (STACK, SHAPES) if DEVICE == "cuda" else ("2x64x64", [(64, 64, 64)])
-    stack = args.stack or default_stack
-    if isinstance(stack, str):
-        stack = dict(zip(("layers", "M", "K"), (int(v) for v in stack.split("x"))))
+    default_stack, default_shapes = (STACK, SHAPES) if DEVICE == "cuda" else (dict(layers=2, M=64, K=64), [(64, 64, 64)])
+    stack = default_stack if not args.stack else dict(zip(("layers", "M", "K"), (int(v) for v in args.stack.split("x"))))
     torch.backends.cuda.matmul.allow_tf32 = False
     start = time.time()
     shapes = default_shapes if not args.shapes else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]

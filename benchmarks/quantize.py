@@ -40,7 +40,7 @@ def graph_bench(fn, xs, replays: int = 10) -> float:
     with torch.cuda.graph(graph):
         for x in xs:
             fn(x)
-    us = replay_ms(graph, replays) * 1e3 / len(xs)
+    us = replay_ms(graph, repeats=replays) * 1e3 / len(xs)
     del graph
     return us
 

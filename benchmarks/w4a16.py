@@ -15,12 +15,12 @@ import datetime
 import json
 import math
 import os
-import statistics
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from _timing import replay_ms  # benchmarks/_timing.py (the script's folder is on sys.path)
 
 from fp4lab.kernels import w4a16
 
@@ -53,19 +53,9 @@ def graph_time_us(calls, replays: int, repeats: int) -> float:
     with torch.cuda.graph(graph):
         for c in calls:
             c()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(replays):
-            graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / (replays * len(calls)))
+    us = replay_ms(graph, repeats, replays) * 1e3 / len(calls)
     del graph
-    return statistics.median(times)
+    return us
 
 
 def copy_bandwidth() -> float:

@@ -153,6 +153,17 @@ def tile_coords(idx, n_tiles_r, n_tiles_c, TILES_C_MAJOR: tl.constexpr):
 
 
 @triton.jit
+def whole_block_coords(r0, c0, BR: tl.constexpr, BC: tl.constexpr):
+    """Row and column indices of a rowwise tile laid out [2, BR, BC/16, 8]: element (h, r, b, e) is column
+    16b + 8h + e. The halves are the slowest dim, so the compiler gives both halves of a 16-block to one
+    thread (permute (1, 2, 0, 3) and reshape give the [BR, BC] tile)."""
+    r4 = r0 + tl.arange(0, BR)[None, :, None, None]
+    c4 = (c0 + tl.arange(0, BC // 16)[None, None, :, None] * 16 + tl.arange(0, 2)[:, None, None, None] * 8
+          + tl.arange(0, 8)[None, None, None, :])
+    return r4, c4
+
+
+@triton.jit
 def load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0,
               BR: tl.constexpr, BC: tl.constexpr, RHT: tl.constexpr, VEC_R: tl.constexpr,
               WHOLE_BLOCKS: tl.constexpr = False):
@@ -164,11 +175,7 @@ def load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0,
     addresses.
     """
     if WHOLE_BLOCKS:
-        # rowwise (stride_c == 1): load [2, BR, BC/16, 8], element (h, r, b, e) = column 16b + 8h + e. The
-        # halves are the slowest dim, so the compiler gives both halves of a 16-block to one thread
-        h = tl.arange(0, 2)[:, None, None, None]
-        r4 = r0 + tl.arange(0, BR)[None, :, None, None]
-        c4 = c0 + tl.arange(0, BC // 16)[None, None, :, None] * 16 + h * 8 + tl.arange(0, 8)[None, None, None, :]
+        r4, c4 = whole_block_coords(r0, c0, BR, BC)
         t4 = tl.load(x_ptr + r4.to(tl.int64) * stride_r + c4.to(tl.int64) * stride_c,
                      mask=(r4 < R) & (c4 < C), other=0.0)
         t = tl.reshape(tl.permute(t4, (1, 2, 0, 3)), [BR, BC])

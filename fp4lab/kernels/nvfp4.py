@@ -22,7 +22,7 @@ from fp4lab.kernels._grid import cdiv, interpreting, next_pow2
 from fp4lab.kernels.amax import amax_pair_partials, amax_partials, amax_partials_rht
 from fp4lab.kernels.numerics import (
     FP32_MAX, e2m1_encode, e2m1_round, e2m1_value, e4m3_encode, e4m3_value, fdiv, load_tile, reduce_amax_bits,
-    round_to_bf16, sr_uniforms, tile_coords,
+    round_to_bf16, sr_uniforms, tile_coords, whole_block_coords,
 )
 
 ORDERS = {"torchao": 0, "te": 1, "compressed-tensors": 2}
@@ -40,6 +40,7 @@ ROUNDINGS = ("nearest", "stochastic")
 TILE_ROWWISE = (32, 128)
 COLUMNWISE_FAKE = ((512, 16), 4)  # (tile, vec_r)
 COLUMNWISE_PACKED = ((256, 32), 2)
+
 
 @triton.jit
 def block_scales(amax, amax_b, ORDER: tl.constexpr):
@@ -88,7 +89,7 @@ def _nvfp4_kernel(
     ORDER: tl.constexpr, BLOCK_2D: tl.constexpr, STOCHASTIC: tl.constexpr, SEED_FROM_PTR: tl.constexpr, RHT: tl.constexpr,
     QUANT: tl.constexpr, FAKE: tl.constexpr, WRITE_AMAX: tl.constexpr,
     INNER_DTYPE: tl.constexpr, TILES_C_MAJOR: tl.constexpr, N_SRC: tl.constexpr,
-    BR: tl.constexpr, BC: tl.constexpr, VEC_R: tl.constexpr, WHOLE_BLOCKS: tl.constexpr = False,
+    BR: tl.constexpr, BC: tl.constexpr, VEC_R: tl.constexpr, WHOLE_BLOCKS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     last = n_tiles_r * n_tiles_c - 1
@@ -145,9 +146,7 @@ def _nvfp4_kernel(
             v = round_to_bf16(v)
         if WHOLE_BLOCKS:  # stored in the load's [2, BR, BC/16, 8] order: no shared-memory round trip
             v4 = tl.permute(tl.reshape(v, [BR, BC // 16, 2, 8]), (2, 0, 1, 3))
-            r4 = r0 + tl.arange(0, BR)[None, :, None, None]
-            c4 = (c0 + tl.arange(0, BC // 16)[None, None, :, None] * 16 + tl.arange(0, 2)[:, None, None, None] * 8
-                  + tl.arange(0, 8)[None, None, None, :])
+            r4, c4 = whole_block_coords(r0, c0, BR, BC)
             tl.store(out_ptr + r4.to(tl.int64) * C_out + c4, v4.to(INNER_DTYPE), mask=(r4 < R) & (c4 < C_out))
         else:
             tl.store(out_ptr + rows[:, None].to(tl.int64) * C_out + cols[None, :], v.to(INNER_DTYPE),
@@ -252,7 +251,8 @@ def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", sca
     dev = x.device
     if tile is None:
         tile, default_vec = (COLUMNWISE_FAKE if fake else COLUMNWISE_PACKED) if columnwise else (TILE_ROWWISE, 0)
-        vec_r = default_vec if vec_r is None else vec_r
+        if vec_r is None:
+            vec_r = default_vec
     BR, BC = tile
     vec_r = vec_r or 0
     Cp = cdiv(C, 16) * 16

@@ -200,7 +200,7 @@ class QuantLinear(nn.Linear):
         self.seed_offset = seed_offset
         # SR seeds live on the layer's device (never read on the host: CUDA graphs replay fresh ones).
         # A plain attribute, not a buffer: DDP broadcasts buffers from rank 0, which would give every
-        # rank the same rounding noise; forward moves it to the input's device when the layer moved
+        # rank the same rounding noise. It moves with the module (_apply) or at its first draw elsewhere
         self.sr_state = seeds.new_seed_state(0, device=device)
         self.sr_key = _ops.register_sr_source(self)
         self.set_recipe(get_recipe(recipe))
@@ -240,8 +240,8 @@ class QuantLinear(nn.Linear):
         self.sr_key = _ops.register_sr_source(self)
 
     def _apply(self, fn, recurse=True):
-        # .to / .cuda / .to_empty move the seed state with the parameters, so a model moved before
-        # torch.compile finds it on its device (compiled graphs never run forward's check below)
+        # .to / .cuda / .to_empty move the seed state with the parameters; a state left elsewhere (FSDP2
+        # moves parameters without _apply) is moved when an SR draw looks it up (_ops.sr_state)
         out = super()._apply(fn, recurse)
         device = fn(self.sr_state).device
         if device != self.sr_state.device:
@@ -249,8 +249,6 @@ class QuantLinear(nn.Linear):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.compiler.is_compiling() and self.sr_state.device != x.device:
-            self._move_sr_state(x.device)
         return quant_linear(x, self.weight, self.bias, self.plan, self.sr_key)
 
     def _move_sr_state(self, device: torch.device) -> None:

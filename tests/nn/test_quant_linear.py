@@ -344,10 +344,10 @@ def test_sr_seed_state_advances_once_per_stochastic_quantization(recipe, draws):
     assert not any(b is layer.sr_state for b in layer.buffers())
     layer(torch.randn(16, 32, requires_grad=True)).sum().backward()
     assert int(layer.sr_state) == start + draws * seeds.SEED_STEP
-    layer.sr_state = layer.sr_state.clone()  # as forward does when the layer moved to another device
+    layer.sr_state = layer.sr_state.clone()  # as a move to another device does
     assert _ops.sr_state(layer.sr_key) is layer.sr_state
-    # deferred init (meta device, then to_empty, as FSDP2 users build large models): forward puts the
-    # state on the input's device, starting at the layer's seed
+    # deferred init (meta device, then to_empty, as FSDP2 users build large models): the state lands on
+    # the layer's device, starting at the layer's seed
     lazy = QuantLinear(32, 32, device="meta", recipe=get_recipe(recipe).replace(seed=3)).to_empty(device="cpu")
     with torch.no_grad():
         lazy.weight.normal_()
