@@ -88,6 +88,8 @@ def cases(M, K):
         ("fake columnwise, amax given",
          lambda x: K4.fake_quantize_nvfp4(x, columnwise=True, global_amax=_AMAX[0]), 2 * n + 2 * n),
         ("amax", lambda x: K4.amax(x), 2 * n),
+        # QuantLinear's amax pass over x or dy: max |t| and max |RHT(t^T)| from one read
+        ("amax pair+rht", lambda x: K4.amax_parts_nvfp4(x, rht=True), 2 * n),
         ("dequantize", None, packed + 2 * n),
     ]
     return out
@@ -106,7 +108,9 @@ QUICK_SHAPES = [(8192, 4096), (8192, 8192)]
 QUICK_CASES = ("quantize rowwise", "quantize columnwise", "quantize rht+columnwise", "quantize 2d",
                "fake rowwise", "fake columnwise", "fake rht+columnwise", "fake 2d",
                "quantize rowwise, amax given", "fake rowwise, amax given", "quantize columnwise, amax given",
-               "fake columnwise, amax given", "amax")
+               "fake columnwise, amax given", "amax", "amax pair+rht", "dequantize",
+               # the SR variants QuantLinear runs on dy (Dgrad rowwise, Wgrad RHT+columnwise)
+               "fake rowwise+sr", "fake rht+columnwise+sr", "quantize rowwise+sr")
 # columnwise (tile, num_warps, vec_r) candidates timed by --tiles on 8192x4096 with the amax given, so
 # one run shows whether the defaults are the best of their neighbours
 # (the default (512, 16) w4 v4 is timed by the main rows "... columnwise, amax given")
@@ -198,7 +202,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--sweep", action="store_true", help="time tile shapes / warps of the NVFP4 kernel and exit")
     p.add_argument("--quick", action="store_true",
-                   help="8192x4096 and 8192x8192 only, no SR variants, no compiled baselines (under a minute)")
+                   help="8192x4096 and 8192x8192 only, the SR variants QuantLinear runs, no compiled baselines")
     p.add_argument("--tiles", action="store_true",
                    help="also time a few tiles of each kernel layout on 8192x4096, amax given (about 40 s more)")
     p.add_argument("--graph", action="store_true",

@@ -22,7 +22,8 @@ def round_to_e2m1(y: torch.Tensor, rounding: str = "nearest", generator: torch.G
     "stochastic": round up with probability (|y| - lo) / (hi - lo) between the two neighbouring grid
     points, u ~ U[0, 1) from `torch.rand(generator=...)`; grid points never move. TE's software model
     uses 8 random bits per element (p quantized to 1/256); we use fp32 uniforms so the expectation is
-    exact to 2^-24.
+    exact to 2^-24. The Triton kernels draw 16 bits per element (p rounded to the nearest 2^-16,
+    kernels.numerics.e2m1_stochastic_bits), the same distribution to that resolution but not the same draws.
     The sign bit is copied from y, so -0.0 and small negatives that round to zero give 0x8 (as torchao,
     ml_dtypes and CUDA's conversion model do; TE's reference gives 0x0 for an exact -0.0).
     """

@@ -58,22 +58,24 @@ def _amax_rht_kernel(x_ptr, stride_r, stride_c, R, C, parts_ptr, n_tiles_r, n_ti
     # first, the RHT maxima after it
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    acc = tl.zeros([BR, BC], dtype=tl.int32)
-    acc_h = tl.zeros([BR, BC], dtype=tl.int32)
+    # maxima kept per row (the RHT runs along the row, in one thread's registers): a [BR, BC] accumulator
+    # took 64 registers per thread each and left room for only 2 programs per SM
+    acc = tl.zeros([BR], dtype=tl.int32)
+    acc_h = tl.zeros([BR], dtype=tl.int32)
     for tile in range(pid, n_tiles_r * n_tiles_c, nprog):
         tr, tc = tile_coords(tile, n_tiles_r, n_tiles_c, TILES_C_MAJOR)
         if PLAIN:
             t = load_tile(x_ptr, stride_r, stride_c, R, C, tr * BR, tc * BC, BR, BC, False, VEC_R)
-            acc = tl.maximum(acc, tl.abs(t).to(tl.int32, bitcast=True))
+            acc = tl.maximum(acc, tl.max(tl.abs(t).to(tl.int32, bitcast=True), axis=1))
             h = rht_rows(t, BR, BC)
         else:
             h = load_tile(x_ptr, stride_r, stride_c, R, C, tr * BR, tc * BC, BR, BC, True, VEC_R)
-        acc_h = tl.maximum(acc_h, tl.abs(h).to(tl.int32, bitcast=True))
+        acc_h = tl.maximum(acc_h, tl.max(tl.abs(h).to(tl.int32, bitcast=True), axis=1))
     if PLAIN:
-        tl.store(parts_ptr + pid, tl.max(tl.max(acc, axis=1), axis=0))
-        tl.store(parts_ptr + nprog + pid, tl.max(tl.max(acc_h, axis=1), axis=0))
+        tl.store(parts_ptr + pid, tl.max(acc, axis=0))
+        tl.store(parts_ptr + nprog + pid, tl.max(acc_h, axis=0))
     else:
-        tl.store(parts_ptr + pid, tl.max(tl.max(acc_h, axis=1), axis=0))
+        tl.store(parts_ptr + pid, tl.max(acc_h, axis=0))
 
 
 @triton.jit

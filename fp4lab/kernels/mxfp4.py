@@ -13,7 +13,7 @@ from fp4lab import formats
 from fp4lab.formats import seeds
 from fp4lab.kernels._grid import cdiv
 from fp4lab.kernels.numerics import (
-    e2m1_encode, e2m1_round, e2m1_value, fdiv, load_tile, round_to_bf16, sr_uniforms, tile_coords,
+    e2m1_round, e2m1_stochastic_round, fdiv, load_tile, round_to_bf16, sr_random_bits, tile_coords,
 )
 from fp4lab.kernels.nvfp4 import (
     ROUNDINGS, _logical_view, _reference_generator, _reference_operand, _stochastic_seed, _tl_dtype,
@@ -77,9 +77,9 @@ def _mxfp4_fake_kernel(
         y3 = t3 * mult[:, :, None]
     rows = r0 + tl.arange(0, BR)
     cols = c0 + tl.arange(0, BC)
-    u = sr_uniforms(seed, seed_ptr, r0, c0, Cp, BR, BC, STOCHASTIC, SEED_FROM_PTR)
+    rbits = sr_random_bits(seed, seed_ptr, r0, c0, Cp, BR, BC, STOCHASTIC, SEED_FROM_PTR)
     if STOCHASTIC:
-        e = e2m1_value(e2m1_encode(tl.reshape(y3, [BR, BC]), u, STOCHASTIC))
+        e = e2m1_stochastic_round(tl.reshape(y3, [BR, BC]), rbits)
     else:
         e = e2m1_round(tl.reshape(y3, [BR, BC]))
     v = tl.reshape(tl.reshape(e, [BR, BC // 32, 32]) * decode[:, :, None], [BR, BC])

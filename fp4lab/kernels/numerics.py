@@ -22,6 +22,13 @@ def fdiv(a, b):
 
 
 @triton.jit
+def e2m1_clamp(a):
+    """a = |y| clamped to [0, 6] with NaN -> 0: max and min return their non-NaN operand (on the GPU and in
+    the interpreter alike), two instructions where a compare-and-select for NaN took three."""
+    return tl.minimum(tl.maximum(a, 0.0), 6.0)
+
+
+@triton.jit
 def e2m1_magnitude(a):
     """E2M1 magnitude code 0..7 of |y| = a >= 0 by round-to-nearest-even with saturation at 6 (NaN -> 0).
 
@@ -31,49 +38,67 @@ def e2m1_magnitude(a):
     the grid is k * 0.5, and adding 2^22 (whose ulp is 0.5) rounds a to it (RNE), leaving k in the
     low mantissa bits.
     """
-    a = tl.where(a > 6.0, 6.0, a)  # keeps NaN (a comparison with NaN is false)
+    a = e2m1_clamp(a)
     bits = a.to(tl.int32, bitcast=True)
     normal = ((bits + 0x1FFFFF + ((bits >> 22) & 1)) >> 22) - 252
     sub = (a + 4194304.0).to(tl.int32, bitcast=True) - 0x4A800000
-    code = tl.where(a < 1.0, sub, normal)
-    return tl.where(a == a, code, 0)
+    return tl.where(a < 1.0, sub, normal)
 
 
 @triton.jit
 def e2m1_round(y):
     """y rounded to the E2M1 grid as fp32 (RNE, saturating at ±6, NaN -> ±0, sign of y kept): equal to
     e2m1_value(e2m1_encode(y, 0, False)) without forming the code, for the fake-quantize path."""
-    a = tl.abs(y)
-    a = tl.where(a > 6.0, 6.0, a)
+    a = e2m1_clamp(tl.abs(y))
     bits = a.to(tl.int32, bitcast=True)
     normal = (bits + 0x1FFFFF + ((bits >> 22) & 1)) & -4194304  # keep sign, exponent, 1 mantissa bit
     sub = (a + 4194304.0) - 4194304.0  # a rounded to k * 0.5 (the ulp of 2^22), exact
     mag = tl.where(a < 1.0, sub.to(tl.int32, bitcast=True), normal)
-    mag = tl.where(a == a, mag, 0)
     return (mag | (y.to(tl.int32, bitcast=True) & -2147483648)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def e2m1_stochastic_grid(a, u):
-    """Round a = |y| (already clamped to [0, 6]) up to the next grid point with probability equal to
-    its fractional position between its two neighbours, u ~ U[0, 1); grid points never move."""
-    # grid spacing 0.5 below 2, 1 in [2, 4), 2 in [4, 6]: powers of two, so multiplying by the
-    # reciprocal is the reference's exact division
-    step = tl.where(a < 2.0, 0.5, tl.where(a < 4.0, 1.0, 2.0))
-    inv_step = tl.where(a < 2.0, 2.0, tl.where(a < 4.0, 1.0, 0.5))
-    lo = tl.floor(a * inv_step) * step
-    up = u < (a - lo) * inv_step
-    return tl.minimum(tl.where(up, lo + step, lo), 6.0)
+def e2m1_stochastic_bits(a, r):
+    """Stochastic rounding of a = |y| on the E2M1 grid (saturating at 6, NaN -> 0) with 16 random bits r
+    (0..65535) per element; returns (bits, small): the fp32 bits of the result, or of result + 1 where
+    small (a < 1).
+
+    From 1 up the grid keeps one mantissa bit: adding r at the top of the 22 dropped bits, with half a
+    unit below it, and truncating rounds up exactly when the dropped fraction plus r / 2^16 reaches 1,
+    i.e. with probability p (the fractional position between the two neighbours) rounded to the
+    nearest multiple of 2^-16. A carry moves to the next binade; grid points, whose dropped bits are 0,
+    never move. Below 1 the grid is k * 0.5, the one-bit grid of a + 1 in [1, 2); a + 1 is exact to
+    2^-24, so p there is off by at most 2^-23 more.
+    """
+    a = e2m1_clamp(a)
+    small = a < 1.0
+    f = tl.where(small, a + 1.0, a)
+    bits = (f.to(tl.int32, bitcast=True) + ((r << 6) | 32)) & -4194304
+    return bits, small
 
 
 @triton.jit
-def e2m1_encode(y, u, STOCHASTIC: tl.constexpr):
-    """E2M1 code (int32 0..15) of fp32 y: sign bit copied from y (so -0.0 -> 0x8, as the reference)."""
-    a = tl.abs(y)
-    if STOCHASTIC:
-        a = e2m1_stochastic_grid(tl.minimum(a, 6.0), u)
+def e2m1_encode(y, r, STOCHASTIC: tl.constexpr):
+    """E2M1 code (int32 0..15) of fp32 y: sign bit copied from y (so -0.0 -> 0x8, as the reference).
+    STOCHASTIC: rounded with the element's 16 random bits r (e2m1_stochastic_bits)."""
     sign = (y.to(tl.int32, bitcast=True) >> 31) & 1
-    return e2m1_magnitude(a) | (sign << 3)
+    if STOCHASTIC:
+        bits, small = e2m1_stochastic_bits(tl.abs(y), r)
+        # 1.0 -> code 2, 1.5 -> 3, ... (2 * (exponent - 127) + 2 + mantissa bit); a + 1 in [1, 2] -> 0..2
+        mag = (bits >> 22) - tl.where(small, 254, 252)
+    else:
+        mag = e2m1_magnitude(tl.abs(y))
+    return mag | (sign << 3)
+
+
+@triton.jit
+def e2m1_stochastic_round(y, r):
+    """y stochastically rounded to the E2M1 grid as fp32 (sign of y kept, NaN -> ±0): equal to
+    e2m1_value(e2m1_encode(y, r, True)) without forming the code, for the fake-quantize path."""
+    bits, small = e2m1_stochastic_bits(tl.abs(y), r)
+    g = bits.to(tl.float32, bitcast=True)
+    g = tl.where(small, g - 1.0, g)  # exact: g is 1, 1.5 or 2 there
+    return (g.to(tl.int32, bitcast=True) | (y.to(tl.int32, bitcast=True) & -2147483648)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -193,27 +218,29 @@ def load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0,
 
 
 @triton.jit
-def sr_uniforms(seed, seed_ptr, r0, c0, Cp, BR: tl.constexpr, BC: tl.constexpr, STOCHASTIC: tl.constexpr,
-                SEED_FROM_PTR: tl.constexpr):
-    """The tile's SR uniforms (zeros, unused, for round-to-nearest), keyed by `seed` or by the seed state that
-    seed_ptr points at (read on the device: fp4lab.formats.seeds)."""
-    u = tl.zeros([BR, BC], dtype=tl.float32)
+def sr_random_bits(seed, seed_ptr, r0, c0, Cp, BR: tl.constexpr, BC: tl.constexpr, STOCHASTIC: tl.constexpr,
+                   SEED_FROM_PTR: tl.constexpr):
+    """The tile's SR random bits (zeros, unused, for round-to-nearest), keyed by `seed` or by the seed
+    state that seed_ptr points at (read on the device: fp4lab.formats.seeds)."""
+    r = tl.zeros([BR, BC], dtype=tl.int32)
     if STOCHASTIC:
         if SEED_FROM_PTR:
-            u = uniform_tile(tl.load(seed_ptr), r0, c0, Cp, BR, BC)
+            r = random_tile(tl.load(seed_ptr), r0, c0, Cp, BR, BC)
         else:
-            u = uniform_tile(seed, r0, c0, Cp, BR, BC)
-    return u
+            r = random_tile(seed, r0, c0, Cp, BR, BC)
+    return r
 
 
 @triton.jit
-def uniform_tile(seed, r0, c0, Cp, BR: tl.constexpr, BC: tl.constexpr):
-    """U[0, 1) per element of the tile at (r0, c0) of a [*, Cp] grid; one Philox call yields four
-    numbers, so each call covers four neighbouring elements (a quarter of the integer work of tl.rand)."""
+def random_tile(seed, r0, c0, Cp, BR: tl.constexpr, BC: tl.constexpr):
+    """16 random bits (int32 0..65535) per element of the tile at (r0, c0) of a [*, Cp] grid, a function of
+    the element's position only. One Philox call gives 128 bits and covers eight neighbouring elements
+    of a row: Philox was most of SR's cost when each call gave four fp32 uniforms."""
     rows = r0 + tl.arange(0, BR)
-    quads = c0 // 4 + tl.arange(0, BC // 4)
-    u0, u1, u2, u3 = tl.rand4x(seed, rows[:, None] * (Cp // 4) + quads[None, :])
-    return tl.reshape(tl.join(tl.join(u0, u1), tl.join(u2, u3)), [BR, BC])
+    octets = c0 // 8 + tl.arange(0, BC // 8)
+    w0, w1, w2, w3 = tl.randint4x(seed, rows[:, None] * (Cp // 8) + octets[None, :])
+    w = tl.join(tl.join(w0, w1), tl.join(w2, w3)).to(tl.int32, bitcast=True)  # [BR, BC/8, 2, 2]
+    return tl.reshape(tl.join(w & 0xFFFF, (w >> 16) & 0xFFFF), [BR, BC])
 
 
 @triton.jit

@@ -21,8 +21,8 @@ from fp4lab.formats._checks import check_input
 from fp4lab.kernels._grid import cdiv, interpreting, next_pow2
 from fp4lab.kernels.amax import amax_pair_partials, amax_partials, amax_partials_rht
 from fp4lab.kernels.numerics import (
-    FP32_MAX, e2m1_encode, e2m1_round, e2m1_value, e4m3_encode, e4m3_value, fdiv, load_tile, reduce_amax_bits,
-    round_to_bf16, sr_uniforms, tile_coords, whole_block_coords,
+    FP32_MAX, e2m1_encode, e2m1_round, e2m1_stochastic_round, e2m1_value, e4m3_encode, e4m3_value, fdiv,
+    load_tile, reduce_amax_bits, round_to_bf16, sr_random_bits, tile_coords, whole_block_coords,
 )
 
 ORDERS = {"torchao": 0, "te": 1, "compressed-tensors": 2}
@@ -122,9 +122,9 @@ def _nvfp4_kernel(
 
     rows = r0 + tl.arange(0, BR)
     cols = c0 + tl.arange(0, BC)
-    u = sr_uniforms(seed, seed_ptr, r0, c0, Cp, BR, BC, STOCHASTIC, SEED_FROM_PTR)
-    if QUANT or STOCHASTIC:
-        q = e2m1_encode(y, u, STOCHASTIC)
+    rbits = sr_random_bits(seed, seed_ptr, r0, c0, Cp, BR, BC, STOCHASTIC, SEED_FROM_PTR)
+    if QUANT:
+        q = e2m1_encode(y, rbits, STOCHASTIC)
 
     if QUANT:
         lo, hi = tl.split(tl.reshape(q, [BR, BC // 2, 2]))
@@ -137,10 +137,10 @@ def _nvfp4_kernel(
                  code_s.to(tl.uint8),
                  mask=(rows[:, None] < R_out) & (scols[None, :] < Cp // 16))
     if FAKE:
-        if STOCHASTIC:
-            e = e2m1_value(q)
+        if STOCHASTIC:  # the values of e2m1_encode's codes, without forming them
+            e = e2m1_stochastic_round(y, rbits)
         else:
-            e = e2m1_round(y)  # the same value without forming the code
+            e = e2m1_round(y)
         v = tl.reshape(tl.reshape(e, [BR, BC // 16, 16]) * decode[:, :, None], [BR, BC])
         if INNER_DTYPE == tl.bfloat16:
             v = round_to_bf16(v)

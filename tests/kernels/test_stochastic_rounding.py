@@ -3,9 +3,12 @@ import math
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from fp4lab import formats
 from fp4lab.kernels import dequantize_nvfp4_triton, mxfp4_fake_triton, nvfp4_triton
+from fp4lab.kernels.numerics import e2m1_encode, e2m1_stochastic_round
 
 
 def _sr_input(v, rows=64, blocks=8):
@@ -56,6 +59,50 @@ def test_same_seed_same_output_and_fake_matches_dequantize():
     m1 = mxfp4_fake_triton(x, rounding="stochastic", generator=_gen(5), columnwise=True)
     m2 = mxfp4_fake_triton(x, rounding="stochastic", generator=_gen(5), columnwise=True)
     assert torch.equal(m1, m2)
+
+
+@triton.jit
+def _sr_probe_kernel(y_ptr, code_ptr, value_ptr, N_R: tl.constexpr):
+    # program i rounds y[i] with each of the N_R values of the random bits
+    r = tl.arange(0, N_R)
+    y = tl.load(y_ptr + tl.program_id(0) + r * 0)
+    out = tl.program_id(0) * N_R + r
+    tl.store(code_ptr + out, e2m1_encode(y, r, True))
+    tl.store(value_ptr + out, e2m1_stochastic_round(y, r))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_sr_probability_over_all_random_bits(device):
+    """Each y, rounded with every one of the 2^16 values of its random bits: only the two grid neighbours
+    come out, and the share rounded up is y's fractional position p to within 2^-17 (2^-17 + 2^-23 below
+    1, where the kernel rounds y + 1); codes and values agree; NaN -> ±0, beyond 6 saturates."""
+    grid = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+    g = torch.Generator().manual_seed(21)
+    near = torch.tensor(grid[1:]).view(torch.int32)[:, None] + torch.tensor([-1, 1], dtype=torch.int32)
+    y = torch.cat([torch.tensor(grid), torch.rand(40, generator=g) * 6.5, torch.rand(8, generator=g) * 1e-3,
+                   near.flatten().view(torch.float32), torch.tensor([1e-40, 5.9999, 6.0001, 1.75, 0.25, 2**-17])])
+    y = torch.cat([y, -y[::7], torch.tensor([float("nan"), -float("nan"), float("inf"), -float("inf")])])
+    n_r = 1 << 16
+    codes = torch.empty(y.numel() * n_r, dtype=torch.int32, device=device)
+    values = torch.empty(y.numel() * n_r, dtype=torch.float32, device=device)
+    _sr_probe_kernel[(y.numel(),)](y.to(device), codes, values, N_R=n_r)
+    codes, values = codes.view(-1, n_r).cpu(), values.view(-1, n_r).cpu()
+    assert torch.equal(formats.e2m1_to_float(codes.to(torch.uint8)).view(torch.int32), values.view(torch.int32))
+    grid_t = torch.tensor(grid, dtype=torch.float64)
+    for i, v in enumerate(y.tolist()):
+        sign = math.copysign(1.0, v)
+        if math.isnan(v):
+            assert set(codes[i].tolist()) == {8 if sign < 0 else 0}
+            continue
+        a = min(abs(v), 6.0)
+        k = int((grid_t <= a).nonzero().max())
+        lo, hi = grid[k], grid[min(k + 1, 7)]
+        assert set(values[i].abs().unique().tolist()) <= {lo, hi}, (v, values[i].unique())
+        assert (values[i].view(torch.int32) < 0).all() == (sign < 0), v
+        p = 0.0 if a == lo else (a - lo) / (hi - lo)
+        share = (values[i].abs() == hi).double().mean().item() if hi != lo else 0.0
+        allowed = 2**-17 + (2**-23 if a < 1 else 0.0)
+        assert abs(share - p) <= allowed, (v, share, p)
 
 
 def test_sr_error_not_below_rne():
