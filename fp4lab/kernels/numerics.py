@@ -10,9 +10,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from fp4lab.kernels._grid import interpreting
+
 # module-level values used inside @triton.jit functions must be constexpr
 FP32_MAX = tl.constexpr(3.4028234663852886e38)
 RHT_SIGN_MASK = tl.constexpr(0xD7E8)  # bit i set where the RHT sign s_i is -1 (spec §4.2)
+INTERPRETED = tl.constexpr(interpreting())  # kernels run by the CPU interpreter (TRITON_INTERPRET=1)
 
 
 @triton.jit
@@ -48,13 +51,17 @@ def e2m1_magnitude(a):
 @triton.jit
 def e2m1_round(y):
     """y rounded to the E2M1 grid as fp32 (RNE, saturating at ±6, NaN -> ±0, sign of y kept): equal to
-    e2m1_value(e2m1_encode(y, 0, False)) without forming the code, for the fake-quantize path."""
+    e2m1_value(e2m1_encode(y, 0, False)) without forming the code, for the fake-quantize path.
+
+    The grid step is 0.5 below 2, then a quarter of the binade's power of two; adding and subtracting
+    2^22 times the larger of 1 and that power rounds a to a multiple of the step (RNE, exact: the
+    magic number's ulp is the step).
+    """
     a = e2m1_clamp(tl.abs(y))
-    bits = a.to(tl.int32, bitcast=True)
-    normal = (bits + 0x1FFFFF + ((bits >> 22) & 1)) & -4194304  # keep sign, exponent, 1 mantissa bit
-    sub = (a + 4194304.0) - 4194304.0  # a rounded to k * 0.5 (the ulp of 2^22), exact
-    mag = tl.where(a < 1.0, sub.to(tl.int32, bitcast=True), normal)
-    return (mag | (y.to(tl.int32, bitcast=True) & -2147483648)).to(tl.float32, bitcast=True)
+    binade = (a.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)
+    magic = tl.maximum(binade * 4194304.0, 4194304.0)
+    r = (a + magic) - magic
+    return (r.to(tl.int32, bitcast=True) | (y.to(tl.int32, bitcast=True) & -2147483648)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -103,12 +110,13 @@ def e2m1_stochastic_round(y, r):
 
 @triton.jit
 def e2m1_value(code):
-    """fp32 value of an E2M1 code (int32 0..15); code 0x8 gives -0.0 like the reference table."""
-    mag = code & 7
-    e = mag >> 1
-    normal = (((e + 126) << 23) | ((mag & 1) << 22)).to(tl.float32, bitcast=True)
-    v = tl.where(e == 0, (mag & 1).to(tl.float32) * 0.5, normal)
-    return (v.to(tl.int32, bitcast=True) | ((code & 8) << 28)).to(tl.float32, bitcast=True)
+    """fp32 value of an E2M1 code (int32 0..15); code 0x8 gives -0.0 like the reference table.
+
+    The code's three magnitude bits, put at the bottom of an fp32 exponent and the top of its mantissa,
+    read as a subnormal float (codes 0, 1) or a normal one with a biased exponent of 1..3; times 2^126
+    that is the E2M1 value, exactly (the kernels' multiplies keep subnormals)."""
+    bits = ((code & 7) << 22) | ((code & 8) << 28)
+    return bits.to(tl.float32, bitcast=True) * 8.507059173023462e37
 
 
 @triton.jit
@@ -137,11 +145,14 @@ def e4m3_value(code):
 
 @triton.jit
 def round_to_bf16(v):
-    """fp32 -> nearest BF16 value (RNE, kept in fp32) by bit arithmetic: the interpreter's fp32 -> bf16
-    cast truncates, so the cast alone would test different numerics than the GPU runs."""
-    bits = v.to(tl.int32, bitcast=True)
-    r = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
-    return tl.where(v != v, v, r.to(tl.float32, bitcast=True))
+    """fp32 -> nearest BF16 value (RNE, kept in fp32). On the GPU the conversion instruction rounds to
+    nearest even (two instructions, or none before a BF16 store); the interpreter's fp32 -> bf16 cast
+    truncates, so there the rounding is done by bit arithmetic (the numerics the GPU tests compare)."""
+    if INTERPRETED:
+        bits = v.to(tl.int32, bitcast=True)
+        r = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+        return tl.where(v != v, v, r.to(tl.float32, bitcast=True))
+    return v.to(tl.bfloat16).to(tl.float32)
 
 
 @triton.jit

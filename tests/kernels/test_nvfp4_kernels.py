@@ -250,7 +250,8 @@ def _e2m1_probe_kernel(y_ptr, code_ptr, value_ptr, n, BLOCK: tl.constexpr):
     tl.store(value_ptr + offs, e2m1_round(y), mask=offs < n)
 
 
-def test_e2m1_bit_rounding_matches_reference():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_e2m1_bit_rounding_matches_reference(device):
     # the kernels round to E2M1 by bit arithmetic; the reference counts bin edges. Every bf16 value,
     # and fp32 values 0..3 ulps around every bin edge and grid point, both signs, NaN, Inf, subnormals
     bf16 = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float()
@@ -258,9 +259,10 @@ def test_e2m1_bit_rounding_matches_reference():
     bits = points.view(torch.int32)[:, None] + torch.arange(-3, 4, dtype=torch.int32)
     near = bits.flatten().view(torch.float32)
     y = torch.cat([bf16, near, -near, torch.tensor([float("nan"), -float("nan"), float("inf"), -float("inf")])])
-    codes = torch.empty(y.shape, dtype=torch.int32)
-    values = torch.empty_like(y)
-    _e2m1_probe_kernel[(triton.cdiv(y.numel(), 8192),)](y, codes, values, y.numel(), BLOCK=8192)
+    codes = torch.empty(y.shape, dtype=torch.int32, device=device)
+    values = torch.empty(y.shape, dtype=torch.float32, device=device)
+    _e2m1_probe_kernel[(triton.cdiv(y.numel(), 8192),)](y.to(device), codes, values, y.numel(), BLOCK=8192)
+    codes, values = codes.cpu(), values.cpu()
     ref = formats.round_to_e2m1(y)
     assert torch.equal(codes, ref.to(torch.int32)), y[codes != ref.to(torch.int32)][:8]
     got, want = values.view(torch.int32), formats.e2m1_to_float(ref).view(torch.int32)
