@@ -1,9 +1,11 @@
 """Triton device functions for the NVFP4/MXFP4 element and scale numerics.
 
-Everything is integer/bit arithmetic or comparisons against the grid: the Triton interpreter's float8
-casts are wrong when rounding carries into the exponent (research/triton-interpreter.md), and bit
-arithmetic is exact on both the interpreter and the GPU. The rules are those of fp4lab.formats
-(spec §1.2 for E2M1, §2.1 for E4M3, RHT from §4.2).
+Everything is bit arithmetic or exact float arithmetic (adds of a magic number, multiplies by a power
+of two): the Triton interpreter's float8 casts are wrong when rounding carries into the exponent
+(research/triton-interpreter.md), and these are exact on both the interpreter and the GPU. The one
+cast used, fp32 -> bf16, is the GPU's RNE instruction and bit arithmetic in the interpreter (whose
+cast truncates). The rules are those of fp4lab.formats (spec §1.2 for E2M1, §2.1 for E4M3, RHT from
+§4.2).
 """
 from __future__ import annotations
 
