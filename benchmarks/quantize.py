@@ -120,13 +120,15 @@ QUICK_RHT_TILES = [((512, 16), 4, 4), ((1024, 16), 8, 4), ((256, 32), 4, 2), ((6
 QUICK_ROWWISE_TILES = [((32, 128), 4, 0), ((16, 256), 4, 0), ((32, 256), 8, 0), ((64, 128), 8, 0), ((8, 512), 4, 0)]
 
 
-def quick_tile_sweep(rows, copy_gbps):
-    """Tile shapes of the rowwise / columnwise / RHT+columnwise kernel on 8192x4096, amax given."""
+def quick_tile_sweep(rows, copy_gbps, graph=False):
+    """Tile shapes of the rowwise / columnwise / RHT+columnwise kernel on 8192x4096, amax given; with
+    `graph`, timed in CUDA-graph replay (do_bench's host time hides differences of a few µs there)."""
     from fp4lab.kernels.nvfp4 import nvfp4_triton
 
     M, K = 8192, 4096
     n = M * K
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    xs = [x] + [x.clone() for _ in range(max(1, -(-GRAPH_ROTATE_BYTES // (2 * n))) - 1)] if graph else [x]
     a = torch.tensor(5.0, device="cuda")
     for columnwise, rht, fake in ((False, False, False), (False, False, True), (True, False, False),
                                   (True, False, True), (True, True, False), (True, True, True)):
@@ -135,15 +137,19 @@ def quick_tile_sweep(rows, copy_gbps):
         for tile, warps, vec in tiles:
             kind = f"{'rht+' if rht else ''}{'columnwise' if columnwise else 'rowwise'}"
             name = f"{'fake' if fake else 'quantize'} {kind}, amax given, tile {tile[0]}x{tile[1]} w{warps} v{vec}"
+
+            def run(t, tile=tile, warps=warps, vec=vec, columnwise=columnwise, rht=rht, fake=fake):
+                return nvfp4_triton(t, global_amax=a, columnwise=columnwise, rht=rht, fake=fake, tile=tile,
+                                    num_warps=warps, vec_r=vec)
+
             try:
-                us = bench(lambda: nvfp4_triton(x, global_amax=a, columnwise=columnwise, rht=rht, fake=fake,
-                                                tile=tile, num_warps=warps, vec_r=vec), reps=100)
+                us = graph_bench(run, xs) if graph else bench(lambda: run(x), reps=100)
             except Exception as err:  # noqa: BLE001 - a tile that fails to compile is reported, not fatal
                 print(f"{name}: failed {err!r}"[:300])
                 continue
             gbps = nbytes / (us * 1e-6) / 1e9
-            rows.append(dict(shape=[M, K], case=name, us=round(us, 2), bytes=nbytes, gbps=round(gbps, 1),
-                             pct_copy=round(100 * gbps / copy_gbps, 1), sweep=True))
+            rows.append(dict(shape=[M, K], case=name, **{"us_graph" if graph else "us": round(us, 2)}, bytes=nbytes,
+                             gbps=round(gbps, 1), pct_copy=round(100 * gbps / copy_gbps, 1), sweep=True))
             print(f"{M}x{K:<6} {name:60s} {us:9.2f} us {gbps:8.0f} GB/s {100 * gbps / copy_gbps:5.1f}% of copy")
 
 
@@ -204,7 +210,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="8192x4096 and 8192x8192 only, the SR variants QuantLinear runs, no compiled baselines")
     p.add_argument("--tiles", action="store_true",
-                   help="also time a few tiles of each kernel layout on 8192x4096, amax given (about 40 s more)")
+                   help="also time a few tiles of each kernel layout on 8192x4096, amax given (about 40 s more; "
+                        "in CUDA-graph replay with --graph)")
     p.add_argument("--graph", action="store_true",
                    help="also time every case in CUDA-graph replay (GPU time without Python launch overhead)")
     args = p.parse_args(argv)
@@ -270,7 +277,7 @@ def main(argv=None) -> int:
         xs = qs = None
         torch.cuda.empty_cache()
     if args.tiles:
-        quick_tile_sweep(rows, copy_gbps)
+        quick_tile_sweep(rows, copy_gbps, graph=args.graph)
         save()
     # compiled baselines last (each compile takes tens of seconds), on the shapes of the targets
     base = {} if args.no_baselines else baselines()

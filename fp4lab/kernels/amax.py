@@ -13,11 +13,11 @@ import triton.language as tl
 from fp4lab.kernels._grid import cdiv, next_pow2
 from fp4lab.kernels.numerics import load_tile, reduce_amax_bits, rht_rows, tile_coords
 
-# 8192 elements per program and iteration: with 8 warps each thread keeps four 16-byte loads in flight
-# (the 4096 of the 2026-11-22 run kept two and reached 54-69% of copy bandwidth); 46 registers, so
-# the 4 programs per SM of n_programs stay resident together (no second wave).
+# 8192 elements per program and iteration, 4 warps: each thread keeps eight 16-byte loads in flight.
+# In CUDA-graph replay on an H100 that took 49.2 us for 8192x8192 bf16 against 52.6 us with 8 warps
+# (the best of 27 block/warp/program shapes was 48.1 us; results/amax-launch-probe-h100-2026-11-23.json).
 FLAT_BLOCK = 8192
-FLAT_WARPS = 8
+FLAT_WARPS = 4
 MAX_PARTS = 1024
 
 
