@@ -18,12 +18,19 @@ from fp4lab.kernels._grid import interpreting
 FP32_MAX = tl.constexpr(3.4028234663852886e38)
 RHT_SIGN_MASK = tl.constexpr(0xD7E8)  # bit i set where the RHT sign s_i is -1 (spec §4.2)
 INTERPRETED = tl.constexpr(interpreting())  # kernels run by the CPU interpreter (TRITON_INTERPRET=1)
+TWO_POW_126 = tl.constexpr(2.0**126)
 
 
 @triton.jit
 def fdiv(a, b):
     # Triton's `/` on fp32 may lower to an approximate division on the GPU; the reference divides exactly
     return tl.math.div_rn(a, b)
+
+
+@triton.jit
+def with_sign_of(m, y):
+    """m >= 0 (fp32) with the sign bit of y (so -0.0 where m is 0 and y negative)."""
+    return (m.to(tl.int32, bitcast=True) | (y.to(tl.int32, bitcast=True) & -2147483648)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -62,8 +69,7 @@ def e2m1_round(y):
     a = e2m1_clamp(tl.abs(y))
     binade = (a.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)
     magic = tl.maximum(binade * 4194304.0, 4194304.0)
-    r = (a + magic) - magic
-    return (r.to(tl.int32, bitcast=True) | (y.to(tl.int32, bitcast=True) & -2147483648)).to(tl.float32, bitcast=True)
+    return with_sign_of((a + magic) - magic, y)
 
 
 @triton.jit
@@ -106,8 +112,7 @@ def e2m1_stochastic_round(y, r):
     e2m1_value(e2m1_encode(y, r, True)) without forming the code, for the fake-quantize path."""
     bits, small = e2m1_stochastic_bits(tl.abs(y), r)
     g = bits.to(tl.float32, bitcast=True)
-    g = tl.where(small, g - 1.0, g)  # exact: g is 1, 1.5 or 2 there
-    return (g.to(tl.int32, bitcast=True) | (y.to(tl.int32, bitcast=True) & -2147483648)).to(tl.float32, bitcast=True)
+    return with_sign_of(tl.where(small, g - 1.0, g), y)  # exact: g is 1, 1.5 or 2 where small
 
 
 @triton.jit
@@ -118,7 +123,7 @@ def e2m1_value(code):
     read as a subnormal float (codes 0, 1) or a normal one with a biased exponent of 1..3; times 2^126
     that is the E2M1 value, exactly (the kernels' multiplies keep subnormals)."""
     bits = ((code & 7) << 22) | ((code & 8) << 28)
-    return bits.to(tl.float32, bitcast=True) * 8.507059173023462e37
+    return bits.to(tl.float32, bitcast=True) * TWO_POW_126
 
 
 @triton.jit

@@ -216,7 +216,6 @@ def test_columnwise_tiling_does_not_change_numerics(tile, vec_r):
     assert torch.equal(a.codes, b.codes) and torch.equal(a.scales.view(torch.uint8), b.scales.view(torch.uint8))
 
 
-
 @pytest.mark.parametrize("tile", [(8, 64), (16, 32), (32, 128)])
 def test_rowwise_tiling_does_not_change_numerics(tile):
     # rowwise tiles load whole 16-blocks per thread ([2, rows, blocks, 8]); masked edges on both dims
@@ -230,7 +229,7 @@ def test_rowwise_tiling_does_not_change_numerics(tile):
         assert_same_nvfp4(nvfp4_triton(x2, **ct, **kw), formats.quantize_nvfp4(x2, **ct, nonfinite="propagate"))
     assert_bitwise_equal(nvfp4_triton(x, fake=True, **kw),
                          formats.quantize_nvfp4(x, nonfinite="propagate").dequantize(x.dtype))
-    # SR uniforms are keyed by element position: the same draws as the columnwise kernel (whose tiles
+    # SR random bits are keyed by element position: the same draws as the columnwise kernel (whose tiles
     # split nothing) reading x as the transposed view of x.T
     sr = dict(rounding="stochastic")
     for fake in (False, True):
@@ -252,7 +251,7 @@ def _e2m1_probe_kernel(y_ptr, code_ptr, value_ptr, n, BLOCK: tl.constexpr):
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_e2m1_bit_rounding_matches_reference(device):
-    # the kernels round to E2M1 by bit arithmetic; the reference counts bin edges. Every bf16 value,
+    # the kernels round to E2M1 by bit and magic-number arithmetic; the reference counts bin edges. Every bf16 value,
     # and fp32 values 0..3 ulps around every bin edge and grid point, both signs, NaN, Inf, subnormals
     bf16 = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float()
     points = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 1e-40])
