@@ -2,7 +2,10 @@
 
 x is BF16 [M, K]; W is fp4lab's packed NVFP4 (codes uint8 [N, K/2], element 2j in the low nibble;
 E4M3 scales [N, K/16]; fp32 decode factor g), converted once by `to_kernel_layout` to column-major
-int32 words [K/8, N] and scale bytes [K/16, N] so that every load coalesces along N.
+int32 words [K/8, N] and scale codes [K/16, N] so that every load coalesces along N. A scale code is
+one integer op away from the BF16x2 (or fp32) multiplier (encode_scales), an offline re-encoding like
+the one vLLM's Marlin applies to its NVFP4 scales (kernels.md 2.3); it cut the swap kernel's loop
+from 6.1 to 5.0 SASS instructions per weight (benchmarks/w4a16.md, v6).
 Numerics: e2m1 * e4m3 is exact in BF16/FP32, products are accumulated in fp32 and g is applied once
 in the fp32 epilogue; the output is rounded to BF16 once. So the kernels equal
 `x.double() @ dequant(W).double().T` to 1 BF16 ulp plus fp32 summation error.
@@ -26,8 +29,9 @@ Dequantization (kernels.md §7.1) never uses a float8 cast (the interpreter's ar
 triton-interpreter.md) and handles two nibbles per integer op: nibbles j and j+4 of a word go to the
 two halves of one int32 as FP16 bit patterns (e2m1 * 2^-14; the subnormal code 1 becomes the FP16
 subnormal 2^-15, which cvt.f32.f16 converts exactly) for the GEMV, or as BF16 bit patterns times
-the block scale with one mul.rn.bf16x2 for the tensor-core paths (see _pair_bf16). E4M3 scales are
-decoded through FP16 bits too (bits << 7 is scale * 2^-8). The powers of two are folded into g.
+the block scale with one mul.rn.bf16x2 for the tensor-core paths (see _pair_bf16). Scale codes
+become fp32 (scale * 2^-8) or BF16x2 (scale * 2^110) bits by one integer op. The powers of two are
+folded into g.
 On the GPU the conversions are inline PTX; under TRITON_INTERPRET=1 the same numbers come from
 int16/fp16 casts, so the interpreter checks the bit placement and the GPU tests check the PTX.
 """
@@ -54,12 +58,11 @@ def _nibble_to_f32(t):
 
 
 @triton.jit
-def _e4m3_to_f32(b):
-    """E4M3 bytes -> value times 2^-8, as fp32; 0x7F/0xFF (NaN) stay NaN so bad scales propagate."""
-    b = b.to(tl.int16)
-    h = ((b & 0x80) << 8) | ((b & 0x7F) << 7)
-    s = h.to(tl.float16, bitcast=True).to(tl.float32)
-    return tl.where((b & 0x7F) == 0x7F, float("nan"), s)
+def _scale_f32(c):
+    """Scale codes (see to_kernel_layout) -> scale * 2^-8 as fp32; code 255 (a NaN scale) stays NaN."""
+    c = c.to(tl.int32)
+    f = ((c << 20) + 0x35000000).to(tl.float32, bitcast=True)
+    return tl.where(c == 255, float("nan"), f)
 
 
 @triton.jit
@@ -82,13 +85,14 @@ def _pair_f32(w, J: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
-def _pair_bf16(w, sf, J: tl.constexpr, ASM: tl.constexpr, BF16X2: tl.constexpr):
+def _pair_bf16(w, c, J: tl.constexpr, ASM: tl.constexpr, BF16X2: tl.constexpr):
     """Nibbles J and J + 4 of each word times their block scale, as BF16 e2m1 * scale * 2^-16 (exact:
     <= 6 significant bits, no subnormals). GPU: the nibbles are placed as BF16 bit patterns
     (e2m1 * 2^-126; code 1 is the BF16 subnormal 2^-127) and one mul.rn.bf16x2 by scale * 2^110 gives
-    both values (as triton_kernels' Hopper MXFP4 path multiplies by 2^126); the interpreter computes
-    the same numbers in fp32 (and so does the GPU with BF16X2 off: FP4LAB_W4A16_SAFE_DEQUANT=1, in case
-    a GPU flushed the BF16 subnormal). sf is the scale times 2^-8 (_e4m3_to_f32)."""
+    both values (as triton_kernels' Hopper MXFP4 path multiplies by 2^126); the interpreter computes the same numbers in fp32 (and so
+    does the GPU with BF16X2 off: FP4LAB_W4A16_SAFE_DEQUANT=1, in case a GPU flushed the BF16
+    subnormal). c is the block's scale code (to_kernel_layout): c * 0x100010 + 0x70007000 is
+    scale * 2^110 as BF16 in both halves, one IMAD."""
     if ASM and BF16X2:
         if J == 0:
             h = ((w << 12) & -2147450880) | ((w << 6) & 0x01C001C0)  # sign -> bit 15, magnitude -> bits 6..8
@@ -98,17 +102,28 @@ def _pair_bf16(w, sf, J: tl.constexpr, ASM: tl.constexpr, BF16X2: tl.constexpr):
             h = ((w << 4) & -2147450880) | ((w >> 2) & 0x01C001C0)
         else:
             h = (w & -2147450880) | ((w >> 6) & 0x01C001C0)
-        s16 = (sf * 2.0 ** 118).to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        s2 = c.to(tl.int32) * 0x100010 + 0x70007000
         lo, hi = tl.inline_asm_elementwise(
             asm="{ .reg .b32 t; mul.rn.bf16x2 t, $2, $3; mov.b32 {$0, $1}, t; }",
-            constraints="=h,=h,r,r", args=[h, s16 | (s16 << 16)], dtype=(tl.bfloat16, tl.bfloat16),
+            constraints="=h,=h,r,r", args=[h, s2], dtype=(tl.bfloat16, tl.bfloat16),
             is_pure=True, pack=1)
     else:
         lo, hi = _pair_f32(w, J, ASM)
-        f = sf * 64.0  # 2^-14 * 2^-8 * 2^6 = 2^-16
+        f = _scale_f32(c) * 64.0  # 2^-14 * 2^-8 * 2^6 = 2^-16
         lo = (lo * f).to(tl.bfloat16)
         hi = (hi * f).to(tl.bfloat16)
     return lo, hi
+
+
+@triton.jit
+def _word_values(w, c, ASM: tl.constexpr, BF16X2: tl.constexpr):
+    """The 8 BF16 values of every word as [..., 2, 2, 2] whose flattened trailing index is the nibble
+    j = k - 8r (join's new axis is the last one, so the outermost join gives the fastest index)."""
+    v0, v4 = _pair_bf16(w, c, 0, ASM, BF16X2)
+    v1, v5 = _pair_bf16(w, c, 1, ASM, BF16X2)
+    v2, v6 = _pair_bf16(w, c, 2, ASM, BF16X2)
+    v3, v7 = _pair_bf16(w, c, 3, ASM, BF16X2)
+    return tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
 
 
 @triton.jit
@@ -206,9 +221,8 @@ def _w4a16_gemv_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_
             sb = tl.load(s_ptrs, mask=mask, other=0, eviction_policy="evict_first")
             part = (_gemv_block(w0, x_ptr + 16 * b, b_mask, ASM)
                     + _gemv_block(w1, x_ptr + 16 * b + 8, b_mask, ASM))
-        sf = _e4m3_to_f32(sb)
-        acc += part * sf
-    g = tl.load(g_ptr) * 4194304.0  # 2^22 = 2^14 (e2m1 via FP16) * 2^8 (e4m3 via FP16)
+        acc += part * _scale_f32(sb)
+    g = tl.load(g_ptr) * 4194304.0  # 2^22 = 2^14 (e2m1 via FP16) * 2^8 (_scale_f32)
     offs_m = tl.arange(0, 1)
     _epilogue(tl.sum(acc, axis=0)[None, :], g, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, offs_m, offs_n, M, N,
               stride_ym, pid_n, split_k, HAS_BIAS)
@@ -220,8 +234,8 @@ def _w4a16_dot_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_p
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr,
                       ONE_DOT: tl.constexpr, ASM: tl.constexpr, BF16X2: tl.constexpr, EVEN: tl.constexpr):
-    """Tensor-core path: the [BK/8, BN] word tile gives 8 weight slabs (nibble j = k mod 8), each
-    dequantized to BF16 exactly and multiplied with the matching stride-8 columns of x."""
+    """Tensor-core path: the [BK/8, BN] word tile gives 8 weight slabs (k mod 8), each dequantized to
+    BF16 exactly and multiplied with the matching stride-8 columns of x."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     num_m = tl.cdiv(M, BLOCK_M)
@@ -252,25 +266,18 @@ def _w4a16_dot_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_p
             x_mask = m_mask[:, None] & (r < KW)[None, :]
             w = tl.load(w_ptrs, mask=w_mask, other=0, eviction_policy="evict_first")
             sb = tl.load(s_ptrs, mask=w_mask, other=0)
-        sf = _e4m3_to_f32(sb)
         x_ptrs = x_ptr + offs_m[:, None] * stride_xm + 8 * r[None, :]
         if ONE_DOT:
-            # one [BK, BN] tile: nested joins stack the 8 slabs as [R, BN, 2, 2, 2], so after the
-            # permute row 8r + t holds k = 8r + bitrev3(t); x is gathered in the same order
-            v0, v4 = _pair_bf16(w, sf, 0, ASM, BF16X2)
-            v1, v5 = _pair_bf16(w, sf, 1, ASM, BF16X2)
-            v2, v6 = _pair_bf16(w, sf, 2, ASM, BF16X2)
-            v3, v7 = _pair_bf16(w, sf, 3, ASM, BF16X2)
-            v = tl.join(tl.join(tl.join(v0, v1), tl.join(v2, v3)), tl.join(tl.join(v4, v5), tl.join(v6, v7)))
-            v = tl.reshape(tl.permute(tl.reshape(v, (BLOCK_K // 8, BLOCK_N, 8)), (0, 2, 1)), (BLOCK_K, BLOCK_N))
-            t = tl.arange(0, BLOCK_K)
-            kx = k0 + (t // 8) * 8 + (t % 2) * 4 + ((t // 2) % 2) * 2 + (t // 4) % 2
+            # one [BK, BN] tile in plain k order: [R, BN, 8] values -> [R, 8, BN] -> [BK, BN]
+            v = tl.reshape(_word_values(w, sb, ASM, BF16X2), (BLOCK_K // 8, BLOCK_N, 8))
+            v = tl.reshape(tl.permute(v, (0, 2, 1)), (BLOCK_K, BLOCK_N))
+            kx = k0 + tl.arange(0, BLOCK_K)
             x = tl.load(x_ptr + offs_m[:, None] * stride_xm + kx[None, :],
                         mask=m_mask[:, None] if EVEN else m_mask[:, None] & (kx < K)[None, :], other=0.0)
             acc = _dot(x, v, acc, DOT_FP32)
         else:
             for j in tl.static_range(4):
-                lo, hi = _pair_bf16(w, sf, j, ASM, BF16X2)
+                lo, hi = _pair_bf16(w, sb, j, ASM, BF16X2)
                 xl = tl.load(x_ptrs + j, mask=x_mask, other=0.0)
                 xh = tl.load(x_ptrs + j + 4, mask=x_mask, other=0.0)
                 acc = _dot(xl, lo, acc, DOT_FP32)
@@ -315,16 +322,8 @@ def _w4a16_swap_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_
             w_mask = n_mask[:, None] & (r < KW)[None, :]
             w = tl.load(w_ptrs, mask=w_mask, other=0, eviction_policy="evict_first")
             sb = tl.load(s_ptrs, mask=w_mask, other=0)
-        sf = _e4m3_to_f32(sb)
         if ONE_DOT:
-            # joining (J, J + 4) innermost, then (0, 2) / (1, 3), stacks the 8 nibbles of word r so that
-            # the reshape puts nibble j at column 8r + j: x^T is read in plain k order
-            v0, v4 = _pair_bf16(w, sf, 0, ASM, BF16X2)
-            v1, v5 = _pair_bf16(w, sf, 1, ASM, BF16X2)
-            v2, v6 = _pair_bf16(w, sf, 2, ASM, BF16X2)
-            v3, v7 = _pair_bf16(w, sf, 3, ASM, BF16X2)
-            v = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
-            v = tl.reshape(v, (BLOCK_N, BLOCK_K))
+            v = tl.reshape(_word_values(w, sb, ASM, BF16X2), (BLOCK_N, BLOCK_K))  # column 8r + t is k
             kx = k0 + tl.arange(0, BLOCK_K)
             xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + kx[:, None],
                          mask=m_mask[None, :] if EVEN else m_mask[None, :] & (kx < K)[:, None], other=0.0)
@@ -333,7 +332,7 @@ def _w4a16_swap_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_
             x_ptrs = x_ptr + offs_m[None, :] * stride_xm + 8 * r[:, None]
             x_mask = m_mask[None, :] if EVEN else m_mask[None, :] & (r < KW)[:, None]
             for j in tl.static_range(4):
-                lo, hi = _pair_bf16(w, sf, j, ASM, BF16X2)
+                lo, hi = _pair_bf16(w, sb, j, ASM, BF16X2)
                 xl = tl.load(x_ptrs + j, mask=x_mask, other=0.0)
                 xh = tl.load(x_ptrs + j + 4, mask=x_mask, other=0.0)
                 acc = _dot(lo, xl, acc, DOT_FP32)
@@ -352,7 +351,7 @@ def _dequant_t_kernel(w_ptr, s_ptr, g_ptr, out_ptr, N, K,
     mask = (r < K // 8)[:, None] & (offs_n < N)[None, :]
     w = tl.load(w_ptr + r[:, None] * N + offs_n[None, :], mask=mask, other=0)
     sb = tl.load(s_ptr + (r // 2)[:, None] * N + offs_n[None, :], mask=mask, other=0)
-    f = ((_e4m3_to_f32(sb) * 256.0) * tl.load(g_ptr)) * 16384.0  # fp32(scale * g); powers of 2 are exact
+    f = ((_scale_f32(sb) * 256.0) * tl.load(g_ptr)) * 16384.0  # fp32(scale * g); powers of 2 are exact
     for j in tl.static_range(8):
         v = _nibble_to_f32(w >> (4 * j)) * f
         tl.store(out_ptr + (8 * r + j)[:, None] * N + offs_n[None, :], v.to(out_ptr.dtype.element_ty), mask=mask)
@@ -377,10 +376,46 @@ class Config:
     group_m: int = 8
 
 
+SCALE_CODE_NAN = 255
+_SCALE_CODE_BIAS = 224 << 3  # scale * 2^110 has a biased exponent in [228, 245] (E4M3 2^-9 .. 448)
+
+
+def encode_scales(scales: torch.Tensor) -> torch.Tensor:
+    """E4M3 block scales -> the kernels' scale codes (uint8, same shape): c = ((E - 224) << 3) | m,
+    where E and m are the exponent and top 3 mantissa bits of scale * 2^110 (exact: E4M3 values,
+    subnormals included, have <= 4 significant bits). So c * 16 + 0x7000 is scale * 2^110 as BF16
+    bits and (c << 20) + 0x35000000 is scale * 2^-8 as fp32 bits, one integer op each. Zero scales
+    get code 0 (their blocks' codes are zeroed, see to_kernel_layout), NaN scales code 255
+    (0x7FF0, a BF16 NaN). Negative scales raise: NVFP4 block scales are never negative."""
+    b = scales.view(torch.uint8)
+    mag = (b & 0x7F).to(torch.int32)
+    bad = (b >= 0x80) & (mag != 0) & (mag != 0x7F)
+    if bad.any():
+        i = tuple(int(v) for v in bad.nonzero()[0])
+        raise ValueError(f"to_kernel_layout: negative E4M3 scale {float(scales[i])} at [{i[0]}, {i[1]}] "
+                         "(row, 16-block); NVFP4 block scales are non-negative")
+    v = (mag.to(torch.uint8).view(torch.float8_e4m3fn).float() * 2.0 ** 110).view(torch.int32)
+    c = (v >> 20) - _SCALE_CODE_BIAS
+    c = torch.where(mag == 0, 0, torch.where(mag == 0x7F, SCALE_CODE_NAN, c))
+    return c.to(torch.uint8)
+
+
+def decode_scales(codes: torch.Tensor) -> torch.Tensor:
+    """Inverse of encode_scales: scale codes -> float8_e4m3fn (0 -> +0, 255 -> NaN 0x7F)."""
+    c = codes.to(torch.int32)
+    v = ((c + _SCALE_CODE_BIAS) << 20).view(torch.float32) * 2.0 ** -110
+    v = torch.where(c == 0, 0.0, v).to(torch.float8_e4m3fn).view(torch.uint8)
+    return torch.where(c == SCALE_CODE_NAN, 0x7F, v).to(torch.uint8).view(torch.float8_e4m3fn)
+
+
 def to_kernel_layout(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Standard packed NVFP4 (codes uint8 [N, Kp/2], scales E4M3 [N, Kp/16]) -> the kernels' layout:
-    words int32 [Kp/8, N] (word r of column n holds k = 8r..8r+7, nibble j = k - 8r, since the bytes
-    are little-endian) and scale bytes uint8 [Kp/16, N]; column-major so that loads coalesce along N."""
+    """Standard packed NVFP4 (codes uint8 [N, Kp/2], element 2j in the low nibble; scales E4M3
+    [N, Kp/16]) -> the kernels' layout, column-major so that loads coalesce along N:
+    * words int32 [Kp/8, N]: word r of column n holds k = 8r..8r+7 in nibble k - 8r (the bytes are
+      little-endian);
+    * scale codes uint8 [Kp/16, N] (encode_scales).
+    The codes of a zero-scale block are stored as zeros: they dequantize to 0 either way, and the
+    kernels then need no zero test on the scale."""
     if codes.dtype != torch.uint8 or codes.ndim != 2 or codes.shape[1] % 8:
         raise ValueError(f"to_kernel_layout: codes must be uint8 [N, Kp/2] with Kp a multiple of 16, "
                          f"got {codes.dtype} {tuple(codes.shape)}")
@@ -388,14 +423,18 @@ def to_kernel_layout(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.T
     if scales.dtype not in (torch.float8_e4m3fn, torch.uint8) or tuple(scales.shape) != (n, k2 // 8):
         raise ValueError(f"to_kernel_layout: scales must be float8_e4m3fn [{n}, {k2 // 8}], "
                          f"got {scales.dtype} {tuple(scales.shape)}")
+    scales = scales.contiguous().view(torch.float8_e4m3fn)
+    c = encode_scales(scales)
+    codes = codes.reshape(n, k2 // 8, 8).masked_fill((c == 0).unsqueeze(-1), 0).reshape(n, k2)
     words = codes.contiguous().view(torch.int32).t().contiguous()
-    return words, scales.contiguous().view(torch.uint8).t().contiguous()
+    return words, c.t().contiguous()
 
 
 def from_kernel_layout(words: torch.Tensor, scales_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of to_kernel_layout: (codes uint8 [N, Kp/2], scales float8_e4m3fn [N, Kp/16])."""
+    """Inverse of to_kernel_layout: (codes uint8 [N, Kp/2], scales float8_e4m3fn [N, Kp/16]); the codes
+    of zero-scale blocks come back as zeros."""
     codes = words.t().contiguous().view(torch.uint8)
-    return codes, scales_t.t().contiguous().view(torch.float8_e4m3fn)
+    return codes, decode_scales(scales_t.t().contiguous())
 
 
 def _check(x, words, scales_t, g, bias):
@@ -407,8 +446,8 @@ def _check(x, words, scales_t, g, bias):
     kw, n = words.shape
     if kw % 2:
         raise ValueError(f"w4a16: Kp = {8 * kw} is not a multiple of 16; pad the weight (quantize_nvfp4 does)")
-    if scales_t.dtype not in (torch.float8_e4m3fn, torch.uint8) or tuple(scales_t.shape) != (kw // 2, n):
-        raise TypeError(f"w4a16: scales must be E4M3 bytes [{kw // 2}, {n}] (see to_kernel_layout), "
+    if scales_t.dtype != torch.uint8 or tuple(scales_t.shape) != (kw // 2, n):
+        raise TypeError(f"w4a16: scales must be uint8 scale codes [{kw // 2}, {n}] (see to_kernel_layout), "
                         f"got {scales_t.dtype} {tuple(scales_t.shape)}")
     if g.numel() != 1 or g.dtype != torch.float32:
         raise TypeError(f"w4a16: the global decode scale must be one fp32 value, got {g.dtype} {tuple(g.shape)}")

@@ -23,8 +23,10 @@ class NVFP4Linear(nn.Module):
       weight_global_amax  fp32 [], the tensor amax the scales were built from (for `to_nvfp4`)
       bias (optional), and the scale order in the extra state.
     In memory the codes and scales live only in the kernel layout (`weight_words` int32 [Kp/8, N],
-    `weight_scale_t` uint8 [Kp/16, N], see fp4lab.kernels.w4a16.to_kernel_layout); the properties
-    `weight_packed` / `weight_scale` rebuild the standard tensors (copies) on access.
+    `weight_scale_t` uint8 scale codes [Kp/16, N], see fp4lab.kernels.w4a16.to_kernel_layout); the
+    properties `weight_packed` / `weight_scale` rebuild the standard tensors (copies) on access. The codes
+    of a block whose scale is 0 come back as zeros (they dequantize to 0 either way); negative scales
+    are refused at load.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False,

@@ -114,6 +114,52 @@ def test_zero_scales_and_nan_scale():
         assert torch.isfinite(y[:, others]).all()
 
 
+def test_zero_and_nan_scale_gemv():
+    gen = torch.Generator().manual_seed(11)
+    codes, scales, g = random_weight(32, 64, gen)
+    sb = scales.view(torch.uint8).clone()
+    sb[:8] = 0
+    sb[9, 2] = 0xFF  # the negative NaN byte is a NaN scale too
+    x = torch.randn(1, 64, generator=gen).bfloat16().to(DEV)
+    y = w4a16_matmul(x, *to_kernel_layout(codes, sb.view(torch.float8_e4m3fn)), g,
+                     config=Config("gemv", 1, 16, 32, 2)).float().cpu()
+    assert (y[0, :8] == 0).all() and torch.isnan(y[0, 9]) and torch.isfinite(y[0, 10:]).all()
+
+
+def test_scale_codes_every_e4m3_byte():
+    """encode_scales / decode_scales round-trip every non-negative E4M3 byte, and the kernels' one-op
+    decodes of a code (BF16 bits c * 16 + 0x7000, fp32 bits (c << 20) + 0x35000000) are the scale times
+    2^110 and 2^-8 exactly (NaN for a NaN scale)."""
+    b = torch.arange(0, 0x80, dtype=torch.uint8)
+    c = w4a16.encode_scales(b.view(torch.float8_e4m3fn))
+    assert torch.equal(w4a16.decode_scales(c).view(torch.uint8), b)
+    v = b.view(torch.float8_e4m3fn).double()
+    bf = (c.int() * 16 + 0x7000).short().view(torch.bfloat16).double()
+    f32 = ((c.int() << 20) + 0x35000000).view(torch.float32).double()
+    finite = b != 0x7F
+    nz = finite & (b != 0)
+    assert torch.equal(bf[nz], v[nz] * 2.0 ** 110) and torch.equal(f32[nz], v[nz] * 2.0 ** -8)
+    assert c[0] == 0 and c[0x7F] == w4a16.SCALE_CODE_NAN and torch.isnan(bf[0x7F])
+    assert int(c[nz].min()) >= 32 and int(c[nz].max()) <= 175  # the range the docstring promises
+    assert w4a16.encode_scales(torch.tensor([0x80, 0xFF], dtype=torch.uint8).view(torch.float8_e4m3fn)).tolist() == [0, 255]
+    bad = torch.full((3, 2), 0x38, dtype=torch.uint8)
+    bad[2, 1] = 0xB8  # -1.0
+    with pytest.raises(ValueError, match=r"negative E4M3 scale -1.0 at \[2, 1\]"):
+        w4a16.encode_scales(bad.view(torch.float8_e4m3fn))
+
+
+def test_kernel_layout_round_trip_and_zero_blocks():
+    """Codes survive to/from_kernel_layout, except in zero-scale blocks, which come back as zeros (they
+    dequantize to 0 either way)."""
+    gen = torch.Generator().manual_seed(12)
+    codes, scales, g = random_weight(24, 64, gen, device="cpu")
+    words, scales_t = to_kernel_layout(codes, scales)
+    back, back_s = from_kernel_layout(words, scales_t)
+    zero = (scales.view(torch.uint8) == 0).repeat_interleave(8, dim=1)
+    assert zero.any() and torch.equal(back[~zero], codes[~zero]) and (back[zero] == 0).all()
+    assert torch.equal(back_s.view(torch.uint8), scales.view(torch.uint8))
+
+
 def test_split_k_workspace_is_left_clean():
     """Two calls in a row give identical results (the split-K workspace and counters reset themselves)."""
     gen = torch.Generator().manual_seed(2)
