@@ -89,9 +89,9 @@ def _pair_bf16(w, c, J: tl.constexpr, ASM: tl.constexpr, BF16X2: tl.constexpr):
     """Nibbles J and J + 4 of each word times their block scale, as BF16 e2m1 * scale * 2^-16 (exact:
     <= 6 significant bits, no subnormals). GPU: the nibbles are placed as BF16 bit patterns
     (e2m1 * 2^-126; code 1 is the BF16 subnormal 2^-127) and one mul.rn.bf16x2 by scale * 2^110 gives
-    both values (as triton_kernels' Hopper MXFP4 path multiplies by 2^126); the interpreter computes the same numbers in fp32 (and so
-    does the GPU with BF16X2 off: FP4LAB_W4A16_SAFE_DEQUANT=1, in case a GPU flushed the BF16
-    subnormal). c is the block's scale code (to_kernel_layout): c * 0x100010 + 0x70007000 is
+    both values (as triton_kernels' Hopper MXFP4 path multiplies by 2^126); the interpreter computes
+    the same numbers in fp32 (and so does the GPU with BF16X2 off: FP4LAB_W4A16_SAFE_DEQUANT=1, in case
+    a GPU flushed the BF16 subnormal). c is the block's scale code (to_kernel_layout): c * 0x100010 + 0x70007000 is
     scale * 2^110 as BF16 in both halves, one IMAD."""
     if ASM and BF16X2:
         if J == 0:
@@ -388,13 +388,13 @@ def encode_scales(scales: torch.Tensor) -> torch.Tensor:
     get code 0 (their blocks' codes are zeroed, see to_kernel_layout), NaN scales code 255
     (0x7FF0, a BF16 NaN). Negative scales raise: NVFP4 block scales are never negative."""
     b = scales.view(torch.uint8)
-    mag = (b & 0x7F).to(torch.int32)
+    mag = b & 0x7F
     bad = (b >= 0x80) & (mag != 0) & (mag != 0x7F)
     if bad.any():
         i = tuple(int(v) for v in bad.nonzero()[0])
         raise ValueError(f"to_kernel_layout: negative E4M3 scale {float(scales[i])} at [{i[0]}, {i[1]}] "
                          "(row, 16-block); NVFP4 block scales are non-negative")
-    v = (mag.to(torch.uint8).view(torch.float8_e4m3fn).float() * 2.0 ** 110).view(torch.int32)
+    v = (mag.view(torch.float8_e4m3fn).float() * 2.0 ** 110).view(torch.int32)
     c = (v >> 20) - _SCALE_CODE_BIAS
     c = torch.where(mag == 0, 0, torch.where(mag == 0x7F, SCALE_CODE_NAN, c))
     return c.to(torch.uint8)
@@ -489,7 +489,7 @@ def dequantize_kernel_layout(words, scales_t, g, dtype=torch.bfloat16) -> torch.
     out = torch.empty(8 * kw, n, dtype=dtype, device=words.device)
     br, bn = 16, 256
     _dequant_t_kernel[(cdiv(kw, br), cdiv(n, bn))](
-        words, scales_t.view(torch.uint8), g, out, n, 8 * kw, BLOCK_R=br, BLOCK_N=bn)
+        words, scales_t, g, out, n, 8 * kw, BLOCK_R=br, BLOCK_N=bn)
     return out
 
 
@@ -506,18 +506,17 @@ def _launch(cfg: Config, x, words, scales_t, g, bias, y):
     else:
         ws, cnt = g, g.view(torch.int32)  # unused
     b = bias if bias is not None else g
-    s = scales_t.view(torch.uint8)
     if cfg.kind == "gemv":
         if m != 1:
             raise ValueError(f"w4a16: the gemv kernel takes one row of x, got M={m}")
         _w4a16_gemv_kernel[(tiles_n, cfg.split_k)](
-            x, words, s, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
+            x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None, ASM=not interpreting(),
             EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif cfg.kind in ("dot", "dot1"):
         _w4a16_dot_kernel[(tiles_m * tiles_n, cfg.split_k)](
-            x, words, s, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
+            x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
             HAS_BIAS=bias is not None, DOT_FP32=interpreting(), ONE_DOT=cfg.kind == "dot1", ASM=not interpreting(),
             BF16X2=os.environ.get("FP4LAB_W4A16_SAFE_DEQUANT") != "1",
@@ -525,7 +524,7 @@ def _launch(cfg: Config, x, words, scales_t, g, bias, y):
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif cfg.kind in ("swap", "swap8"):
         _w4a16_swap_kernel[(tiles_m * tiles_n, cfg.split_k)](
-            x, words, s, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
+            x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
             HAS_BIAS=bias is not None, DOT_FP32=interpreting(), ONE_DOT=cfg.kind == "swap", ASM=not interpreting(),
             BF16X2=os.environ.get("FP4LAB_W4A16_SAFE_DEQUANT") != "1",
