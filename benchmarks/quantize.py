@@ -17,7 +17,7 @@ import platform
 import sys
 
 import torch
-from _timing import replay_ms  # benchmarks/_timing.py (the script's folder is on sys.path)
+from _timing import graph_us  # benchmarks/_timing.py (the script's folder is on sys.path)
 
 SHAPES = [(8192, 8192), (8192, 4096), (16384, 2048)]
 
@@ -33,16 +33,7 @@ def graph_bench(fn, xs, replays: int = 10) -> float:
     """Median µs per call of fn over the inputs xs inside one CUDA graph (the GPU time alone: no
     Python launch overhead, which do_bench includes; consecutive calls read different copies, so
     inputs come from HBM as after the L2 flush of do_bench)."""
-    for x in xs:
-        fn(x)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for x in xs:
-            fn(x)
-    us = replay_ms(graph, repeats=replays) * 1e3 / len(xs)
-    del graph
-    return us
+    return graph_us([lambda x=x: fn(x) for x in xs], repeats=replays)
 
 
 def copy_bandwidth() -> float:
@@ -109,6 +100,8 @@ GRAPH_ROTATE_BYTES = 160 * 2**20  # > 50 MB L2 of an H100 (60 MB on an H200)
 def rotating_copies(x):
     """x plus clones past GRAPH_ROTATE_BYTES: graph_bench reads a different one each call, so inputs come from HBM."""
     return [x] + [x.clone() for _ in range(max(1, -(-GRAPH_ROTATE_BYTES // (x.numel() * x.element_size()))) - 1)]
+
+
 QUICK_SHAPES = [(8192, 4096), (8192, 8192)]
 QUICK_CASES = ("quantize rowwise", "quantize columnwise", "quantize rht+columnwise", "quantize 2d",
                "fake rowwise", "fake columnwise", "fake rht+columnwise", "fake 2d",

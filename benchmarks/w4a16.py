@@ -20,7 +20,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _timing import replay_ms  # benchmarks/_timing.py (the script's folder is on sys.path)
+from _timing import graph_us  # benchmarks/_timing.py (the script's folder is on sys.path)
 
 from fp4lab.kernels import w4a16
 
@@ -46,16 +46,7 @@ def graph_time_us(calls, replays: int, repeats: int) -> float:
         for c in calls:
             c()
         return (time.perf_counter() - t0) * 1e6 / len(calls)
-    for c in calls:
-        c()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for c in calls:
-            c()
-    us = replay_ms(graph, repeats, replays) * 1e3 / len(calls)
-    del graph
-    return us
+    return graph_us(calls, repeats, replays)
 
 
 def copy_bandwidth() -> float:

@@ -91,8 +91,8 @@ def _pair_bf16(w, c, J: tl.constexpr, ASM: tl.constexpr, BF16X2: tl.constexpr):
     (e2m1 * 2^-126; code 1 is the BF16 subnormal 2^-127) and one mul.rn.bf16x2 by scale * 2^110 gives
     both values (as triton_kernels' Hopper MXFP4 path multiplies by 2^126); the interpreter computes
     the same numbers in fp32 (and so does the GPU with BF16X2 off: FP4LAB_W4A16_SAFE_DEQUANT=1, in case
-    a GPU flushed the BF16 subnormal). c is the block's scale code (to_kernel_layout): c * 0x100010 + 0x70007000 is
-    scale * 2^110 as BF16 in both halves, one IMAD."""
+    a GPU flushed the BF16 subnormal). c is the block's scale code (to_kernel_layout):
+    c * 0x100010 + 0x70007000 is scale * 2^110 as BF16 in both halves, one IMAD."""
     if ASM and BF16X2:
         if J == 0:
             h = ((w << 12) & -2147450880) | ((w << 6) & 0x01C001C0)  # sign -> bit 15, magnitude -> bits 6..8
