@@ -1,10 +1,15 @@
 """Global amax on the GPU in one pass, without a host sync.
 
-A persistent grid writes one partial max per program (as the int32 bit pattern of a non-negative fp32:
-integer order equals float order there, and NaN's bits exceed Inf's, so NaN propagates like
-torch.amax). The quantize kernels read the partials directly; `amax()` adds a one-program reduction.
+A persistent grid reduces the tensor to one max per program, as the int32 bit pattern of a non-negative
+fp32 (integer order equals float order there, and NaN's bits exceed Inf's, so NaN propagates like
+torch.amax). Each program folds its max into a per-stream scratch word with an atomic max and counts
+itself in; the last one to arrive writes the result and zeroes the scratch for the next call, so the
+quantize kernels read one value. Where no scratch can be made (while a CUDA graph is captured before
+this stream has one), each program writes its own partial max instead and every reader reduces them.
 """
 from __future__ import annotations
+
+import threading
 
 import torch
 import triton
@@ -37,7 +42,29 @@ def n_programs(n_units: int, device: torch.device) -> int:
 
 
 @triton.jit
-def _amax_flat_kernel(x_ptr, n, parts_ptr, BLOCK: tl.constexpr):
+def _fold(parts_ptr, scratch_ptr, m, m2, pid, nprog, TWO: tl.constexpr, ONE: tl.constexpr):
+    """Write this program's max (and a second one with TWO): into parts[pid] (and parts[nprog + pid]), or,
+    with ONE, into the scratch maxima, the last program to arrive moving them to parts[0] (and parts[1])."""
+    if ONE:
+        # one thread issues each scalar atomic, in program order: the release of the count orders the
+        # max before it, and the last program's acquire sees every program's max
+        tl.atomic_max(scratch_ptr, m, sem="relaxed")
+        if TWO:
+            tl.atomic_max(scratch_ptr + 1, m2, sem="relaxed")
+        count = tl.atomic_add(scratch_ptr + 2, 1, sem="acq_rel")
+        if count == nprog - 1:
+            tl.store(parts_ptr, tl.atomic_xchg(scratch_ptr, 0))
+            if TWO:
+                tl.store(parts_ptr + 1, tl.atomic_xchg(scratch_ptr + 1, 0))
+            tl.atomic_xchg(scratch_ptr + 2, 0)
+    else:
+        tl.store(parts_ptr + pid, m)
+        if TWO:
+            tl.store(parts_ptr + nprog + pid, m2)
+
+
+@triton.jit
+def _amax_flat_kernel(x_ptr, n, parts_ptr, scratch_ptr, BLOCK: tl.constexpr, ONE: tl.constexpr):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     acc = tl.zeros([BLOCK], dtype=tl.int32)
@@ -45,13 +72,14 @@ def _amax_flat_kernel(x_ptr, n, parts_ptr, BLOCK: tl.constexpr):
         offs = start + tl.arange(0, BLOCK)
         v = tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(tl.float32)
         acc = tl.maximum(acc, tl.abs(v).to(tl.int32, bitcast=True))
-    tl.store(parts_ptr + pid, tl.max(acc, axis=0))
+    m = tl.max(acc, axis=0)
+    _fold(parts_ptr, scratch_ptr, m, m, pid, nprog, False, ONE)
 
 
 @triton.jit
-def _amax_rht_kernel(x_ptr, stride_r, stride_c, R, C, parts_ptr, n_tiles_r, n_tiles_c,
+def _amax_rht_kernel(x_ptr, stride_r, stride_c, R, C, parts_ptr, scratch_ptr, n_tiles_r, n_tiles_c,
                      BR: tl.constexpr, BC: tl.constexpr, VEC_R: tl.constexpr, TILES_C_MAJOR: tl.constexpr,
-                     PLAIN: tl.constexpr):
+                     PLAIN: tl.constexpr, ONE: tl.constexpr):
     # amax of the BF16-rounded RHT output, tile by tile (the quantizer recomputes the transform); tiles
     # in x's memory order, so the quantizer's reversed walk finds the last ones in L2. PLAIN: also max |t|
     # from the same read (a layer needs both: the rowwise operand and the columnwise Wgrad one), stored
@@ -71,11 +99,11 @@ def _amax_rht_kernel(x_ptr, stride_r, stride_c, R, C, parts_ptr, n_tiles_r, n_ti
         else:
             h = load_tile(x_ptr, stride_r, stride_c, R, C, tr * BR, tc * BC, BR, BC, True, VEC_R)
         acc_h = tl.maximum(acc_h, tl.max(tl.abs(h).to(tl.int32, bitcast=True), axis=1))
+    m_h = tl.max(acc_h, axis=0)
     if PLAIN:
-        tl.store(parts_ptr + pid, tl.max(acc, axis=0))
-        tl.store(parts_ptr + nprog + pid, tl.max(acc_h, axis=0))
+        _fold(parts_ptr, scratch_ptr, tl.max(acc, axis=0), m_h, pid, nprog, True, ONE)
     else:
-        tl.store(parts_ptr + pid, tl.max(acc_h, axis=0))
+        _fold(parts_ptr, scratch_ptr, m_h, m_h, pid, nprog, False, ONE)
 
 
 @triton.jit
@@ -83,21 +111,66 @@ def _amax_finish_kernel(parts_ptr, n_parts, out_ptr, N_PARTS: tl.constexpr):
     tl.store(out_ptr, reduce_amax_bits(parts_ptr, n_parts, N_PARTS))
 
 
+_SCRATCH: dict = {}
+
+
+def _scratch(device: torch.device):
+    """The zeroed int32 [4] scratch of the amax passes on the current stream (two running maxima and a
+    program count; every pass leaves it zeroed), or None during a CUDA-graph capture that would have to
+    create it (its zeroing would run only at replay). One per stream: passes on one stream never overlap,
+    and passes on two streams use two scratches."""
+    key = (device.type, device.index, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    s = _SCRATCH.get(key)
+    if s is None:
+        if device.type != "cuda":
+            s = torch.zeros(4, dtype=torch.int32, device=device)
+        elif torch.cuda.is_current_stream_capturing():
+            return None
+        else:
+            s = _zeros_outside_graph_pools(device)
+        _SCRATCH[key] = s
+    return s
+
+
+def _zeros_outside_graph_pools(device: torch.device) -> torch.Tensor:
+    """A zeroed int32 [4] allocated by another thread: torch.compile's CUDA-graph warm-up routes this
+    thread's allocations into its graph pool, which must not keep a tensor alive after the graph."""
+    out = []
+
+    def make():
+        with torch.cuda.device(device):
+            t = torch.zeros(4, dtype=torch.int32, device=device)
+            torch.cuda.current_stream(device).synchronize()  # zeroed before any stream uses it
+            out.append(t)
+
+    worker = threading.Thread(target=make)
+    worker.start()
+    worker.join()
+    if not out:
+        raise RuntimeError(f"amax: could not allocate the amax scratch on {device}")
+    return out[0]
+
+
 def amax_partials(x: torch.Tensor) -> torch.Tensor:
-    """int32 partial maxima of |x| (fp32 bit patterns) of a contiguous tensor."""
+    """int32 partial maxima of |x| (fp32 bit patterns) of a contiguous tensor: one value (the max), or
+    one per program where no scratch is available (see the module docstring)."""
     n = x.numel()
-    parts = torch.empty(n_programs(cdiv(max(n, 1), FLAT_BLOCK), x.device), dtype=torch.int32, device=x.device)
-    _amax_flat_kernel[(parts.numel(),)](x, n, parts, BLOCK=FLAT_BLOCK, num_warps=FLAT_WARPS)
+    n_prog = n_programs(cdiv(max(n, 1), FLAT_BLOCK), x.device)
+    scratch = _scratch(x.device)
+    parts = torch.empty(1 if scratch is not None else n_prog, dtype=torch.int32, device=x.device)
+    _amax_flat_kernel[(n_prog,)](x, n, parts, parts if scratch is None else scratch, BLOCK=FLAT_BLOCK,
+                                 ONE=scratch is not None, num_warps=FLAT_WARPS)
     return parts
 
 
 def _rht_partials(x, stride_r, stride_c, R, C, BR, BC, vec_r, tiles_c_major, plain: bool) -> torch.Tensor:
     n_tiles_r, n_tiles_c = cdiv(R, BR), cdiv(C, BC)
     n = n_programs(max(n_tiles_r * n_tiles_c, 1), x.device)
-    parts = torch.empty((2 if plain else 1) * n, dtype=torch.int32, device=x.device)
-    _amax_rht_kernel[(n,)](x, stride_r, stride_c, R, C, parts, n_tiles_r, n_tiles_c,
-                           BR=BR, BC=BC, VEC_R=vec_r, TILES_C_MAJOR=tiles_c_major, PLAIN=plain,
-                           num_warps=4, enable_fp_fusion=False)
+    scratch = _scratch(x.device)
+    parts = torch.empty((2 if plain else 1) * (1 if scratch is not None else n), dtype=torch.int32, device=x.device)
+    _amax_rht_kernel[(n,)](x, stride_r, stride_c, R, C, parts, parts if scratch is None else scratch,
+                           n_tiles_r, n_tiles_c, BR=BR, BC=BC, VEC_R=vec_r, TILES_C_MAJOR=tiles_c_major,
+                           PLAIN=plain, ONE=scratch is not None, num_warps=4, enable_fp_fusion=False)
     return parts
 
 

@@ -19,6 +19,7 @@ FP32_MAX = tl.constexpr(3.4028234663852886e38)
 RHT_SIGN_MASK = tl.constexpr(0xD7E8)  # bit i set where the RHT sign s_i is -1 (spec §4.2)
 INTERPRETED = tl.constexpr(interpreting())  # kernels run by the CPU interpreter (TRITON_INTERPRET=1)
 TWO_POW_126 = tl.constexpr(2.0**126)
+TWO_POW_120 = tl.constexpr(2.0**120)
 
 
 @triton.jit
@@ -128,7 +129,18 @@ def e2m1_value(code):
 
 @triton.jit
 def e4m3_encode(sf):
-    """E4M3 byte (int32) of fp32 sf >= 0 by round-to-nearest-even, after clamping to 448; NaN -> 0x7F."""
+    """E4M3 byte (int32) of fp32 sf >= 0 by round-to-nearest-even, after clamping to 448; NaN -> 0x7F.
+
+    On the GPU that is the conversion instruction (cvt.rn.satfinite.e4m3x2.f32), written as inline PTX
+    with one value per instruction: Triton 3.6's own fp32 -> float8 cast, which pairs values, mixed up
+    neighbouring scales in some tiles (2D with fp32 input, columnwise te; benchmarks/quantize.md). The
+    interpreter's float8 casts are wrong where rounding carries into the exponent
+    (research/triton-interpreter.md), so there it is bit arithmetic (what the GPU tests compare)."""
+    if not INTERPRETED:
+        code = tl.inline_asm_elementwise(
+            "{ .reg .b16 t; cvt.rn.satfinite.e4m3x2.f32 t, 0f00000000, $1; cvt.u32.u16 $0, t; }",
+            "=r,r", [sf], dtype=tl.int32, is_pure=True, pack=1)
+        return code & 0x7F  # a NaN's sign dropped
     sf = tl.where(sf > 448.0, 448.0, sf)  # keeps NaN (a comparison with NaN is false)
     bits = sf.to(tl.int32, bitcast=True)
     # normal range: keep 3 mantissa bits, RNE over the 20 dropped ones; a carry bumps the exponent
@@ -142,12 +154,15 @@ def e4m3_encode(sf):
 
 @triton.jit
 def e4m3_value(code):
-    """fp32 value of a non-negative E4M3 byte (int32); 0x7F is NaN."""
-    e = code >> 3
-    m = code & 7
-    normal = (((e + 120) << 23) | (m << 20)).to(tl.float32, bitcast=True)
-    v = tl.where(e == 0, m.to(tl.float32) * 0.001953125, normal)
-    return tl.where(code == 0x7F, float("nan"), v)
+    """fp32 value of an E4M3 byte (int32 0..255); 0x7F and 0xFF are NaN.
+
+    The byte's exponent and mantissa bits, put at the bottom of an fp32 exponent and the top of its
+    mantissa, read as a float (subnormal for E4M3 subnormals); times 2^120 that is the E4M3 value,
+    exactly (the kernels' multiplies keep subnormals), as e2m1_value does: about half the instructions of
+    decoding exponent and mantissa apart, and no float8 cast (see e4m3_encode)."""
+    v = ((code & 0x7F) << 20).to(tl.float32, bitcast=True) * TWO_POW_120
+    v = (v.to(tl.int32, bitcast=True) | ((code & 0x80) << 24)).to(tl.float32, bitcast=True)  # -0.0 kept
+    return tl.where((code & 0x7F) == 0x7F, float("nan"), v)
 
 
 @triton.jit
@@ -196,14 +211,16 @@ def tile_coords(idx, n_tiles_r, n_tiles_c, TILES_C_MAJOR: tl.constexpr):
 
 
 @triton.jit
-def whole_block_coords(r0, c0, BR: tl.constexpr, BC: tl.constexpr):
-    """Row and column indices of a rowwise tile laid out [2, BR, BC/16, 8]: element (h, r, b, e) is column
-    16b + 8h + e. The halves are the slowest dim, so the compiler gives both halves of a 16-block to one
-    thread (permute (1, 2, 0, 3) and reshape give the [BR, BC] tile)."""
-    r4 = r0 + tl.arange(0, BR)[None, :, None, None]
-    c4 = (c0 + tl.arange(0, BC // 16)[None, None, :, None] * 16 + tl.arange(0, 2)[:, None, None, None] * 8
-          + tl.arange(0, 8)[None, None, None, :])
-    return r4, c4
+def half_block_coords(r0, c0, BR: tl.constexpr, BC: tl.constexpr):
+    """Row [1, BR, 1] and column [BC/16, 1, 8] indices of the first halves of a rowwise tile's 16-blocks
+    (column 16b + e, at [b, r, e]); the second halves are 8 columns on. A tile is loaded as these two
+    halves and joined in registers, so one thread holds each whole block: loaded as one [.., 16] (or
+    [2, .., 8]) tensor, Triton 3.6's coalescing pass spread a block over two lanes. Blocks come first
+    because that pass breaks ties by dimension: lanes then run along a row and the code stores coalesce
+    (benchmarks/quantize.md)."""
+    r3 = r0 + tl.arange(0, BR)[None, :, None]
+    c3 = c0 + tl.arange(0, BC // 16)[:, None, None] * 16 + tl.arange(0, 8)[None, None, :]
+    return r3, c3
 
 
 @triton.jit
@@ -218,10 +235,11 @@ def load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0,
     addresses.
     """
     if WHOLE_BLOCKS:
-        r4, c4 = whole_block_coords(r0, c0, BR, BC)
-        t4 = tl.load(x_ptr + r4.to(tl.int64) * stride_r + c4.to(tl.int64) * stride_c,
-                     mask=(r4 < R) & (c4 < C), other=0.0)
-        t = tl.reshape(tl.permute(t4, (1, 2, 0, 3)), [BR, BC])
+        r3, c3 = half_block_coords(r0, c0, BR, BC)
+        p = x_ptr + r3.to(tl.int64) * stride_r + c3.to(tl.int64) * stride_c
+        lo = tl.load(p, mask=(r3 < R) & (c3 < C), other=0.0)
+        hi = tl.load(p + 8 * stride_c, mask=(r3 < R) & (c3 + 8 < C), other=0.0)
+        t = tl.reshape(tl.permute(tl.join(lo, hi), (1, 0, 3, 2)), [BR, BC])
     else:
         i = tl.arange(0, BR)
         if VEC_R > 0:

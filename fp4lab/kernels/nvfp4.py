@@ -22,7 +22,7 @@ from fp4lab.kernels._grid import cdiv, interpreting, next_pow2
 from fp4lab.kernels.amax import amax_pair_partials, amax_partials, amax_partials_rht
 from fp4lab.kernels.numerics import (
     FP32_MAX, e2m1_encode, e2m1_round, e2m1_stochastic_round, e2m1_value, e4m3_encode, e4m3_value, fdiv,
-    load_tile, reduce_amax_bits, round_to_bf16, sr_random_bits, tile_coords, whole_block_coords,
+    load_tile, reduce_amax_bits, round_to_bf16, sr_random_bits, tile_coords, half_block_coords,
 )
 
 ORDERS = {"torchao": 0, "te": 1, "compressed-tensors": 2}
@@ -142,10 +142,12 @@ def _nvfp4_kernel(
         v = tl.reshape(tl.reshape(e, [BR, BC // 16, 16]) * decode[:, :, None], [BR, BC])
         if INNER_DTYPE == tl.bfloat16:
             v = round_to_bf16(v)
-        if WHOLE_BLOCKS:  # stored in the load's [2, BR, BC/16, 8] order: no shared-memory round trip
-            v4 = tl.permute(tl.reshape(v, [BR, BC // 16, 2, 8]), (2, 0, 1, 3))
-            r4, c4 = whole_block_coords(r0, c0, BR, BC)
-            tl.store(out_ptr + r4.to(tl.int64) * C_out + c4, v4.to(INNER_DTYPE), mask=(r4 < R) & (c4 < C_out))
+        if WHOLE_BLOCKS:  # stored as the load's two halves: no shared-memory round trip
+            v_lo, v_hi = tl.split(tl.permute(tl.reshape(v, [BR, BC // 16, 2, 8]), (1, 0, 3, 2)))
+            r3, c3 = half_block_coords(r0, c0, BR, BC)
+            p = out_ptr + r3.to(tl.int64) * C_out + c3
+            tl.store(p, v_lo.to(INNER_DTYPE), mask=(r3 < R) & (c3 < C_out))
+            tl.store(p + 8, v_hi.to(INNER_DTYPE), mask=(r3 < R) & (c3 + 8 < C_out))
         else:
             tl.store(out_ptr + rows[:, None].to(tl.int64) * C_out + cols[None, :], v.to(INNER_DTYPE),
                      mask=(rows[:, None] < R) & (cols[None, :] < C_out))

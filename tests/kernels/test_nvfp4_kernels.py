@@ -1,4 +1,5 @@
 """NVFP4 Triton kernels vs fp4lab.formats, bit-exact (interpreter on CPU; small shapes)."""
+import importlib
 import zlib
 
 import pytest
@@ -8,7 +9,7 @@ import triton.language as tl
 
 from fp4lab import formats
 from fp4lab.kernels import amax_parts_nvfp4, amax_triton, dequantize_nvfp4_triton, nvfp4_triton
-from fp4lab.kernels.numerics import e2m1_encode, e2m1_round
+from fp4lab.kernels.numerics import e2m1_encode, e2m1_round, e4m3_encode, e4m3_value
 
 from ._helpers import (
     ORDERS, VARIANTS, RhtReference, assert_bitwise_equal, assert_matches_reference, assert_same_nvfp4, check_fake,
@@ -167,6 +168,26 @@ def test_amax_kernel():
     assert amax_triton(x) == float("inf")
 
 
+def test_amax_passes_fold_into_one_value_and_leave_the_scratch_zeroed(monkeypatch):
+    amax_mod = importlib.import_module("fp4lab.kernels.amax")  # the package exports a function of that name
+
+    x = spread_input(100, 300, seed=4)  # 4 programs of the flat pass, 7 of the RHT pair pass
+    want = x.float().abs().amax()
+    want_h = formats.random_hadamard_16(x.T, nonfinite="propagate").float().abs().amax()
+    one = amax_mod.amax_partials(x)
+    rows, cols = amax_parts_nvfp4(x, rht=True)
+    assert one.numel() == rows.numel() == cols.numel() == 1
+    assert _as_amax(one) == want and _as_amax(rows) == want and _as_amax(cols) == want_h
+    assert all(int(v) == 0 for scratch in amax_mod._SCRATCH.values() for v in scratch)
+    # without a scratch (a CUDA-graph capture on a new stream) every program writes its partial max
+    monkeypatch.setattr(amax_mod, "_scratch", lambda device: None)
+    many = amax_mod.amax_partials(x)
+    rows2, cols2 = amax_parts_nvfp4(x, rht=True)
+    assert many.numel() == 4 and rows2.numel() == cols2.numel() == 7
+    assert _as_amax(many) == want and _as_amax(rows2) == want and _as_amax(cols2) == want_h
+    assert_same_nvfp4(nvfp4_triton(x, amax_parts=many), nvfp4_triton(x, amax_parts=one))
+
+
 def test_bin_edges_and_extrema():
     # values v ± 1e-3 around every E2M1 bin edge, scaled to span ±12 (spec §6.3 "bin edges")
     edges = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
@@ -218,7 +239,7 @@ def test_columnwise_tiling_does_not_change_numerics(tile, vec_r):
 
 @pytest.mark.parametrize("tile", [(8, 64), (16, 32), (32, 128)])
 def test_rowwise_tiling_does_not_change_numerics(tile):
-    # rowwise tiles load whole 16-blocks per thread ([2, rows, blocks, 8]); masked edges on both dims
+    # rowwise tiles load whole 16-blocks per thread (two [blocks, rows, 8] halves); masked edges on both dims
     x = spread_input(37, 88, seed=sum(tile))
     kw = dict(tile=tile, num_warps=1)
     assert_same_nvfp4(nvfp4_triton(x, scale_order="te", **kw),
@@ -266,6 +287,40 @@ def test_e2m1_bit_rounding_matches_reference(device):
     assert torch.equal(codes, ref.to(torch.int32)), y[codes != ref.to(torch.int32)][:8]
     got, want = values.view(torch.int32), formats.e2m1_to_float(ref).view(torch.int32)
     assert torch.equal(got, want), y[got != want][:8]
+
+
+@triton.jit
+def _e4m3_probe_kernel(sf_ptr, code_ptr, byte_ptr, value_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    sf = tl.load(sf_ptr + offs, mask=offs < n, other=0.0)
+    tl.store(code_ptr + offs, e4m3_encode(sf), mask=offs < n)
+    byte = tl.load(byte_ptr + offs, mask=offs < 256, other=0)
+    tl.store(value_ptr + offs, e4m3_value(byte), mask=offs < 256)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_e4m3_scale_rounding_matches_reference(device):
+    # block scales: bit arithmetic in the interpreter, the conversion instructions on the GPU. Non-negative
+    # fp32 values 0..3 ulps around every E4M3 grid point and midpoint (subnormals, carries into the
+    # exponent, 448 and above), Inf and NaN; and the value of all 256 bytes, signed ones included
+    grid = torch.arange(0, 127, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    mids = (grid[1:] + grid[:-1]) / 2
+    points = torch.cat([grid, mids, torch.tensor([464.0, 480.0, 1e6, 1e-12])])
+    bits = points.view(torch.int32)[:, None] + torch.arange(-3, 4, dtype=torch.int32)
+    sf = torch.cat([bits.flatten().clamp(min=0).view(torch.float32),
+                    torch.tensor([float("inf"), float("nan"), 0.0])])
+    codes = torch.empty(sf.shape, dtype=torch.int32, device=device)
+    values = torch.empty(256, dtype=torch.float32, device=device)
+    byte = torch.arange(256, dtype=torch.int32)
+    _e4m3_probe_kernel[(triton.cdiv(sf.numel(), 4096),)](sf.to(device), codes, byte.to(device), values, sf.numel(),
+                                                         BLOCK=4096)
+    ref = formats.nvfp4.to_e4m3(sf).view(torch.uint8).to(torch.int32)
+    codes = codes.cpu()
+    assert torch.equal(codes, ref), sf[codes != ref][:8]
+    want = byte.to(torch.uint8).view(torch.float8_e4m3fn).float()
+    got = values.cpu()
+    same = (got.view(torch.int32) == want.view(torch.int32)) | (got.isnan() & want.isnan())
+    assert same.all(), byte[~same][:8]
 
 
 def _as_amax(parts):

@@ -1,4 +1,5 @@
 """The same bit-exact checks on a GPU with large shapes (reference computed on the CPU)."""
+import importlib
 import math
 
 import pytest
@@ -108,3 +109,27 @@ def test_stochastic_rounding_refuses_cuda_graph_capture():
             kernels.fake_quantize_nvfp4(x, rounding="stochastic", generator=torch.Generator().manual_seed(0))
     with torch.cuda.graph(torch.cuda.CUDAGraph()):  # round-to-nearest captures
         kernels.fake_quantize_nvfp4(x)
+
+
+def test_amax_scratch_per_stream_and_graph_capture():
+    # the amax pass folds into a per-stream scratch; a capture on a stream that has none yet falls back
+    # to per-program partials. Every way gives the eager result, and the scratch is left zeroed
+    amax_mod = importlib.import_module("fp4lab.kernels.amax")  # the package exports a function of that name
+
+    x = spread_input(1024, 2048, seed=9, device="cuda")
+    want = kernels.quantize_nvfp4(x)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        q = kernels.quantize_nvfp4(x)
+    graph.replay()
+    streams = [torch.cuda.Stream() for _ in range(2)]
+    outs = []
+    for i in range(8):  # interleaved on two streams without syncs
+        with torch.cuda.stream(streams[i % 2]):
+            outs.append(kernels.quantize_nvfp4(x * (1 + i % 2)))
+    torch.cuda.synchronize()
+    want2 = kernels.quantize_nvfp4(x * 2)
+    for got, ref in [(q, want)] + [(o, want if i % 2 == 0 else want2) for i, o in enumerate(outs)]:
+        assert torch.equal(got.codes, ref.codes) and torch.equal(got.global_amax, ref.global_amax)
+        assert torch.equal(got.scales.view(torch.uint8), ref.scales.view(torch.uint8))
+    assert all(int(v) == 0 for scratch in amax_mod._SCRATCH.values() for v in scratch.cpu())
