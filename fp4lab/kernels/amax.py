@@ -118,7 +118,8 @@ def _scratch(device: torch.device):
     """The zeroed int32 [4] scratch of the amax passes on the current stream (two running maxima and a
     program count; every pass leaves it zeroed), or None during a CUDA-graph capture that would have to
     create it (its zeroing would run only at replay). One per stream: passes on one stream never overlap,
-    and passes on two streams use two scratches."""
+    and passes on two streams use two scratches. The one case that shares a scratch between concurrent
+    passes: a CUDA graph captured on stream A and replayed on stream B while eager passes run on A."""
     key = (device.type, device.index, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
     s = _SCRATCH.get(key)
     if s is None:
