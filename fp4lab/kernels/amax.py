@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from fp4lab.kernels._grid import cdiv, next_pow2
-from fp4lab.kernels.numerics import load_tile, reduce_amax_bits, rht_rows, tile_coords
+from fp4lab.kernels.numerics import load_tile, reduce_amax_bits, rht_rows, round_to_bf16, tile_coords
 
 # 8192 elements per program and iteration, 4 warps: each thread keeps eight 16-byte loads in flight.
 # In CUDA-graph replay on an H100 that took 49.2 us for 8192x8192 bf16 against 52.6 us with 8 warps
@@ -92,14 +92,14 @@ def _amax_rht_kernel(x_ptr, stride_r, stride_c, R, C, parts_ptr, scratch_ptr, n_
     acc_h = tl.zeros([BR], dtype=tl.int32)
     for tile in range(pid, n_tiles_r * n_tiles_c, nprog):
         tr, tc = tile_coords(tile, n_tiles_r, n_tiles_c, TILES_C_MAJOR)
+        t = load_tile(x_ptr, stride_r, stride_c, R, C, tr * BR, tc * BC, BR, BC, False, VEC_R)
         if PLAIN:
-            t = load_tile(x_ptr, stride_r, stride_c, R, C, tr * BR, tc * BC, BR, BC, False, VEC_R)
             acc = tl.maximum(acc, tl.max(tl.abs(t).to(tl.int32, bitcast=True), axis=1))
-            h = rht_rows(t, BR, BC)
-        else:
-            h = load_tile(x_ptr, stride_r, stride_c, R, C, tr * BR, tc * BC, BR, BC, True, VEC_R)
+        h = rht_rows(t, BR, BC, False)
         acc_h = tl.maximum(acc_h, tl.max(tl.abs(h).to(tl.int32, bitcast=True), axis=1))
-    m_h = tl.max(acc_h, axis=0)
+    # BF16 rounding (RNE) is monotonic and symmetric, so the max of the rounded |RHT| values the quantizer
+    # sees is the rounded max: one rounding per program instead of one per element
+    m_h = round_to_bf16(tl.max(acc_h, axis=0).to(tl.float32, bitcast=True)).to(tl.int32, bitcast=True)
     if PLAIN:
         _fold(parts_ptr, scratch_ptr, tl.max(acc, axis=0), m_h, pid, nprog, True, ONE)
     else:

@@ -178,7 +178,7 @@ def round_to_bf16(v):
 
 
 @triton.jit
-def rht_rows(t, BR: tl.constexpr, BC: tl.constexpr):
+def rht_rows(t, BR: tl.constexpr, BC: tl.constexpr, ROUND: tl.constexpr = True):
     """Apply the RHT (t @ diag(s) @ H16 / 4) to each group of 16 along the last dim of the tile t [BR, BC];
     BF16-rounded result (TE rounds the transform output to BF16 before amax and quantization, spec
     §4.2), returned as fp32.
@@ -195,7 +195,9 @@ def rht_rows(t, BR: tl.constexpr, BC: tl.constexpr):
     for _ in tl.static_range(4):
         a, b = tl.split(tl.reshape(g, [n, 8, 2]))
         g = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 2, 1)), [n, 16])
-    return tl.reshape(round_to_bf16(g), [BR, BC])
+    if ROUND:  # ROUND=False: the fp32 sums, for an amax pass that rounds only its maximum (rounding is monotonic)
+        g = round_to_bf16(g)
+    return tl.reshape(g, [BR, BC])
 
 
 @triton.jit
