@@ -10,9 +10,11 @@ from fp4lab.kernels.mxfp4 import fake_quantize_mxfp4, mxfp4_fake_triton
 from fp4lab.kernels.nvfp4 import (
     amax_parts_nvfp4, dequantize_nvfp4, dequantize_nvfp4_triton, fake_quantize_nvfp4, nvfp4_triton, quantize_nvfp4,
 )
+from fp4lab.kernels.nvfp4_dual import nvfp4_dual_triton, quantize_nvfp4_rowwise_and_columnwise
 
 __all__ = [
     "amax", "amax_parts_nvfp4", "amax_triton", "dequantize_nvfp4", "dequantize_nvfp4_triton",
     "fake_quantize_fp8_tensor", "fake_quantize_mxfp4", "fake_quantize_nvfp4", "fp8_tensor_fake_triton",
-    "mxfp4_fake_triton", "nvfp4_triton", "quantize_nvfp4",
+    "mxfp4_fake_triton", "nvfp4_dual_triton", "nvfp4_triton", "quantize_nvfp4",
+    "quantize_nvfp4_rowwise_and_columnwise",
 ]

@@ -82,35 +82,13 @@ def block_scales(amax, amax_b, ORDER: tl.constexpr):
 
 
 @triton.jit
-def _nvfp4_kernel(
-    x_ptr, stride_r, stride_c, R, C, R_out, C_out, Cp,
-    amax_src_ptr, n_amax_src, amax_out_ptr,
-    codes_ptr, scales_ptr, out_ptr, seed, seed_ptr, n_tiles_r, n_tiles_c, forward_walk,
-    ORDER: tl.constexpr, BLOCK_2D: tl.constexpr, STOCHASTIC: tl.constexpr, SEED_FROM_PTR: tl.constexpr, RHT: tl.constexpr,
-    QUANT: tl.constexpr, FAKE: tl.constexpr, WRITE_AMAX: tl.constexpr,
-    INNER_DTYPE: tl.constexpr, TILES_C_MAJOR: tl.constexpr, N_SRC: tl.constexpr,
-    BR: tl.constexpr, BC: tl.constexpr, VEC_R: tl.constexpr, WHOLE_BLOCKS: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    last = n_tiles_r * n_tiles_c - 1
-    tr, tc = tile_coords(tl.where(forward_walk != 0, pid, last - pid), n_tiles_r, n_tiles_c, TILES_C_MAJOR)
-    r0 = tr * BR
-    c0 = tc * BC
-
-    # the tile's loads are issued before the amax partials are reduced, so both are in flight together
-    t = load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0, BR, BC, RHT, VEC_R, WHOLE_BLOCKS)
-    amax = reduce_amax_bits(amax_src_ptr, n_amax_src, N_SRC)
-    if WRITE_AMAX:
-        if pid == 0:
-            tl.store(amax_out_ptr, amax)
-
-    a = tl.abs(t)
-    if BLOCK_2D:
-        a4 = tl.reshape(a, [BR // 16, 16, BC // 16, 16])
-        tile_max = tl.max(tl.max(a4, axis=3), axis=1)  # [BR/16, BC/16]
-        amax_b = tl.reshape(tl.broadcast_to(tile_max[:, None, :], [BR // 16, 16, BC // 16]), [BR, BC // 16])
-    else:
-        amax_b = tl.max(tl.reshape(a, [BR, BC // 16, 16]), axis=2)
+def store_blocks(t, amax, amax_b, seed, seed_ptr, r0, c0, R, R_out, C_out, Cp, codes_ptr, scales_ptr, out_ptr,
+                 ORDER: tl.constexpr, STOCHASTIC: tl.constexpr, SEED_FROM_PTR: tl.constexpr, QUANT: tl.constexpr,
+                 FAKE: tl.constexpr, INNER_DTYPE: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
+                 WHOLE_BLOCKS: tl.constexpr):
+    """Quantize the tile t [BR, BC] at (r0, c0) of the logical view in blocks of 16 along c (block maxima
+    amax_b [BR, BC/16], tensor amax) and store packed codes + scale bytes (QUANT) and/or the dequantized
+    values (FAKE) of the rows below R_out / R."""
     code_s, factor, decode = block_scales(amax, amax_b, ORDER)
 
     t3 = tl.reshape(t, [BR, BC // 16, 16])
@@ -151,6 +129,40 @@ def _nvfp4_kernel(
         else:
             tl.store(out_ptr + rows[:, None].to(tl.int64) * C_out + cols[None, :], v.to(INNER_DTYPE),
                      mask=(rows[:, None] < R) & (cols[None, :] < C_out))
+
+
+@triton.jit
+def _nvfp4_kernel(
+    x_ptr, stride_r, stride_c, R, C, R_out, C_out, Cp,
+    amax_src_ptr, n_amax_src, amax_out_ptr,
+    codes_ptr, scales_ptr, out_ptr, seed, seed_ptr, n_tiles_r, n_tiles_c, forward_walk,
+    ORDER: tl.constexpr, BLOCK_2D: tl.constexpr, STOCHASTIC: tl.constexpr, SEED_FROM_PTR: tl.constexpr, RHT: tl.constexpr,
+    QUANT: tl.constexpr, FAKE: tl.constexpr, WRITE_AMAX: tl.constexpr,
+    INNER_DTYPE: tl.constexpr, TILES_C_MAJOR: tl.constexpr, N_SRC: tl.constexpr,
+    BR: tl.constexpr, BC: tl.constexpr, VEC_R: tl.constexpr, WHOLE_BLOCKS: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    last = n_tiles_r * n_tiles_c - 1
+    tr, tc = tile_coords(tl.where(forward_walk != 0, pid, last - pid), n_tiles_r, n_tiles_c, TILES_C_MAJOR)
+    r0 = tr * BR
+    c0 = tc * BC
+
+    # the tile's loads are issued before the amax partials are reduced, so both are in flight together
+    t = load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0, BR, BC, RHT, VEC_R, WHOLE_BLOCKS)
+    amax = reduce_amax_bits(amax_src_ptr, n_amax_src, N_SRC)
+    if WRITE_AMAX:
+        if pid == 0:
+            tl.store(amax_out_ptr, amax)
+
+    a = tl.abs(t)
+    if BLOCK_2D:
+        a4 = tl.reshape(a, [BR // 16, 16, BC // 16, 16])
+        tile_max = tl.max(tl.max(a4, axis=3), axis=1)  # [BR/16, BC/16]
+        amax_b = tl.reshape(tl.broadcast_to(tile_max[:, None, :], [BR // 16, 16, BC // 16]), [BR, BC // 16])
+    else:
+        amax_b = tl.max(tl.reshape(a, [BR, BC // 16, 16]), axis=2)
+    store_blocks(t, amax, amax_b, seed, seed_ptr, r0, c0, R, R_out, C_out, Cp, codes_ptr, scales_ptr, out_ptr,
+                 ORDER, STOCHASTIC, SEED_FROM_PTR, QUANT, FAKE, INNER_DTYPE, BR, BC, WHOLE_BLOCKS)
 
 
 @triton.jit
