@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fp4lab.nn import QuantLinear, convert
+from fp4lab.nn import QuantLinear, _ops, convert
 
 pytestmark = pytest.mark.gpu
 
@@ -41,6 +41,30 @@ def test_cuda_matches_cpu_reference(recipe):
     got = _run(gpu, x.bfloat16().cuda(), dy.bfloat16().cuda())
     for a, b in zip(got, ref):
         assert _rel(a, b) < 1e-2  # BF16 outputs; operands identical, only accumulation order differs
+
+
+@pytest.mark.parametrize("recipe", ["nvfp4", "nvfp4:rht=false", "nvfp4:stochastic_rounding=false,scale_order=te"])
+def test_dual_kernel_gives_the_separate_kernels_bits(recipe, monkeypatch):
+    # dy takes one dual-kernel pass (Dgrad's rowwise + Wgrad's columnwise copy); the layer's outputs and
+    # gradients must be the very bits of the separate passes, SR included (1000 tokens: padded blocks)
+    torch.manual_seed(0)
+    layer = QuantLinear(256, 384, recipe=recipe, device="cuda")
+    x = torch.randn(1000, 256, device="cuda", dtype=torch.bfloat16)
+    dy = torch.randn(1000, 384, device="cuda", dtype=torch.bfloat16)
+    dual = _ops.rowwise_and_columnwise
+    results = []
+
+    def counted(*a, **k):
+        results.append(dual(*a, **k))
+        return results[-1]
+
+    monkeypatch.setattr(_ops, "rowwise_and_columnwise", counted)
+    fused = _run(layer, x, dy)
+    assert len(results) == 1 and results[0] is not None
+    monkeypatch.setattr(_ops, "rowwise_and_columnwise", lambda *a, **k: None)
+    separate = _run(layer, x, dy)
+    for a, b in zip(fused, separate):
+        assert torch.equal(a, b)
 
 
 def test_stochastic_rounding_on_cuda_is_seeded_and_unbiased():
