@@ -82,13 +82,20 @@ def block_scales(amax, amax_b, ORDER: tl.constexpr):
 
 
 @triton.jit
-def store_blocks(t, amax, amax_b, seed, seed_ptr, r0, c0, R, R_out, C_out, Cp, codes_ptr, scales_ptr, out_ptr,
-                 ORDER: tl.constexpr, STOCHASTIC: tl.constexpr, SEED_FROM_PTR: tl.constexpr, QUANT: tl.constexpr,
-                 FAKE: tl.constexpr, INNER_DTYPE: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
-                 WHOLE_BLOCKS: tl.constexpr):
-    """Quantize the tile t [BR, BC] at (r0, c0) of the logical view in blocks of 16 along c (block maxima
-    amax_b [BR, BC/16], tensor amax) and store packed codes + scale bytes (QUANT) and/or the dequantized
-    values (FAKE) of the rows below R_out / R."""
+def store_blocks(t, amax, seed, seed_ptr, r0, c0, R, R_out, C_out, Cp, codes_ptr, scales_ptr, out_ptr,
+                 ORDER: tl.constexpr, BLOCK_2D: tl.constexpr, STOCHASTIC: tl.constexpr, SEED_FROM_PTR: tl.constexpr,
+                 QUANT: tl.constexpr, FAKE: tl.constexpr, INNER_DTYPE: tl.constexpr, BR: tl.constexpr,
+                 BC: tl.constexpr, WHOLE_BLOCKS: tl.constexpr):
+    """Quantize the tile t [BR, BC] at (r0, c0) of the logical view in blocks of 16 along c (scaled by the
+    max of each 1x16 block, or of each 16x16 tile with BLOCK_2D; tensor amax) and store packed codes +
+    scale bytes (QUANT) and/or the dequantized values (FAKE) of the rows below R_out / R."""
+    a = tl.abs(t)
+    if BLOCK_2D:
+        a4 = tl.reshape(a, [BR // 16, 16, BC // 16, 16])
+        tile_max = tl.max(tl.max(a4, axis=3), axis=1)  # [BR/16, BC/16]
+        amax_b = tl.reshape(tl.broadcast_to(tile_max[:, None, :], [BR // 16, 16, BC // 16]), [BR, BC // 16])
+    else:
+        amax_b = tl.max(tl.reshape(a, [BR, BC // 16, 16]), axis=2)
     code_s, factor, decode = block_scales(amax, amax_b, ORDER)
 
     t3 = tl.reshape(t, [BR, BC // 16, 16])
@@ -153,16 +160,8 @@ def _nvfp4_kernel(
     if WRITE_AMAX:
         if pid == 0:
             tl.store(amax_out_ptr, amax)
-
-    a = tl.abs(t)
-    if BLOCK_2D:
-        a4 = tl.reshape(a, [BR // 16, 16, BC // 16, 16])
-        tile_max = tl.max(tl.max(a4, axis=3), axis=1)  # [BR/16, BC/16]
-        amax_b = tl.reshape(tl.broadcast_to(tile_max[:, None, :], [BR // 16, 16, BC // 16]), [BR, BC // 16])
-    else:
-        amax_b = tl.max(tl.reshape(a, [BR, BC // 16, 16]), axis=2)
-    store_blocks(t, amax, amax_b, seed, seed_ptr, r0, c0, R, R_out, C_out, Cp, codes_ptr, scales_ptr, out_ptr,
-                 ORDER, STOCHASTIC, SEED_FROM_PTR, QUANT, FAKE, INNER_DTYPE, BR, BC, WHOLE_BLOCKS)
+    store_blocks(t, amax, seed, seed_ptr, r0, c0, R, R_out, C_out, Cp, codes_ptr, scales_ptr, out_ptr,
+                 ORDER, BLOCK_2D, STOCHASTIC, SEED_FROM_PTR, QUANT, FAKE, INNER_DTYPE, BR, BC, WHOLE_BLOCKS)
 
 
 @triton.jit

@@ -35,14 +35,13 @@ TILE_FAKE = ((256, 16), 2)
 def _nvfp4_dual_kernel(
     x_ptr, M, K, Mp, row_parts_ptr, n_row_parts, col_parts_ptr, n_col_parts, amax_out_ptr,
     row_out_ptr, codes_ptr, scales_ptr, col_out_ptr, seed_row, seed_col, seed_ptr, n_tiles_f, n_tiles_m,
-    forward_walk,
     ORDER: tl.constexpr, STOCHASTIC: tl.constexpr, SEED_FROM_PTR: tl.constexpr, RHT: tl.constexpr,
     COL_QUANT: tl.constexpr, WRITE_AMAX: tl.constexpr, ROW_DTYPE: tl.constexpr, COL_DTYPE: tl.constexpr,
     N_ROW: tl.constexpr, N_COL: tl.constexpr, BF: tl.constexpr, BT: tl.constexpr, VEC: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    last = n_tiles_f * n_tiles_m - 1
-    tf, tm = tile_coords(tl.where(forward_walk != 0, pid, last - pid), n_tiles_f, n_tiles_m, True)
+    # tiles in the reverse of the amax pass's order: the part of x it read last is still in L2
+    tf, tm = tile_coords(n_tiles_f * n_tiles_m - 1 - pid, n_tiles_f, n_tiles_m, True)
     f0 = tf * BF
     m0 = tm * BT
     amax_row = reduce_amax_bits(row_parts_ptr, n_row_parts, N_ROW)
@@ -64,9 +63,8 @@ def _rowwise_part(x_ptr, M, K, m0, f0, amax_row, seed_row, row_out_ptr, ORDER: t
                   STOCHASTIC: tl.constexpr, ROW_DTYPE: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr):
     # rowwise (Fprop / Dgrad): whole 16-blocks of features per thread, as nvfp4.py's rowwise tiles
     t = load_tile(x_ptr, K, 1, M, K, m0, f0, BT, BF, False, 0, True)
-    amax_b = tl.max(tl.reshape(tl.abs(t), [BT, BF // 16, 16]), axis=2)
-    store_blocks(t, amax_row, amax_b, seed_row, x_ptr, m0, f0, M, M, K, K, row_out_ptr, row_out_ptr, row_out_ptr,
-                 ORDER, STOCHASTIC, False, False, True, ROW_DTYPE, BT, BF, True)
+    store_blocks(t, amax_row, seed_row, x_ptr, m0, f0, M, M, K, K, row_out_ptr, row_out_ptr, row_out_ptr,
+                 ORDER, False, STOCHASTIC, False, False, True, ROW_DTYPE, BT, BF, True)
 
 
 @triton.jit
@@ -77,14 +75,12 @@ def _columnwise_part(x_ptr, M, K, Mp, f0, m0, amax_col, seed_col, codes_ptr, sca
     # program just read them): transposing the registers instead spread every rowwise block over several
     # lanes, which then all computed its scale, and ran slower than two kernels
     t = load_tile(x_ptr, 1, K, K, M, f0, m0, BF, BT, RHT, VEC)  # t[f, m] = x[m, f], zero past M
-    amax_b = tl.max(tl.reshape(tl.abs(t), [BF, BT // 16, 16]), axis=2)
-    store_blocks(t, amax_col, amax_b, seed_col, x_ptr, f0, m0, K, K, Mp, Mp, codes_ptr, scales_ptr, col_out_ptr,
-                 ORDER, STOCHASTIC, False, COL_QUANT, not COL_QUANT, COL_DTYPE, BF, BT, False)
+    store_blocks(t, amax_col, seed_col, x_ptr, f0, m0, K, K, Mp, Mp, codes_ptr, scales_ptr, col_out_ptr,
+                 ORDER, False, STOCHASTIC, False, COL_QUANT, not COL_QUANT, COL_DTYPE, BF, BT, False)
 
 
 def nvfp4_dual_triton(x, *, row_parts=None, col_parts=None, col_fake=False, rht=True, rounding="nearest",
-                      scale_order="torchao", generator=None, out_dtype=None, tile=None, vec=None, num_warps=4,
-                      forward_walk=False):
+                      scale_order="torchao", generator=None, out_dtype=None, tile=None, vec=None, num_warps=4):
     """Run the dual kernel on any device (CPU tensors need TRITON_INTERPRET=1); see
     quantize_nvfp4_rowwise_and_columnwise. tile (features, tokens), vec and num_warps tune speed only."""
     fn = "quantize_nvfp4_rowwise_and_columnwise"
@@ -126,7 +122,7 @@ def nvfp4_dual_triton(x, *, row_parts=None, col_parts=None, col_fake=False, rht=
         _nvfp4_dual_kernel[(n_tiles_f * n_tiles_m,)](
             x, M, K, Mp, row_parts, row_parts.numel(), col_parts, col_parts.numel(), amax_out,
             row_out, codes, scales, col_out, seed_row, seed_col, x if state is None else state,
-            n_tiles_f, n_tiles_m, int(forward_walk),
+            n_tiles_f, n_tiles_m,
             ORDER=ORDERS[scale_order], STOCHASTIC=rounding == "stochastic", SEED_FROM_PTR=state is not None,
             RHT=rht, COL_QUANT=not col_fake, WRITE_AMAX=not col_fake, ROW_DTYPE=_tl_dtype(x.dtype),
             COL_DTYPE=_tl_dtype(col_inner), N_ROW=max(next_pow2(row_parts.numel()), 2),

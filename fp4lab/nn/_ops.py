@@ -174,15 +174,13 @@ def rowwise_and_columnwise(t: torch.Tensor, rowwise: OperandQuant | None, col: O
     values with col_fake) from one read of t by the dual kernel (kernels.nvfp4_dual), bit-equal to those
     two calls in that order; None where it does not apply (no amax `parts` from shared_amax_parts, not two
     plain 1x16 NVFP4 operands with one rounding and scale order, or K not a multiple of 16)."""
-    k = _kernels()
     if (parts[0] is None or rowwise is None or col is None or t.ndim != 2 or t.shape[1] % 16
-            or not hasattr(k, "quantize_nvfp4_rowwise_and_columnwise")
             or rowwise.fmt != "nvfp4" or col.fmt != "nvfp4" or rowwise.block_2d or col.block_2d or rowwise.rht
             or rowwise.stochastic != col.stochastic or rowwise.scale_order != col.scale_order):
         return None
     if isinstance(generator, int):
         generator = sr_state(generator, t.device)
-    return k.quantize_nvfp4_rowwise_and_columnwise(
+    return _kernels().quantize_nvfp4_rowwise_and_columnwise(
         t, row_parts=parts[0], col_parts=parts[1], col_fake=col_fake, rht=col.rht,
         rounding="stochastic" if col.stochastic else "nearest", scale_order=col.scale_order,
         generator=generator if col.stochastic else None, out_dtype=dtype)

@@ -129,7 +129,7 @@ class _QuantLinearFn(torch.autograd.Function):
         # 12-55 us less per step on an H100, benchmarks/README.md). x keeps two kernels: its packed
         # columnwise copy measured slower fused (140 against 130 us at 8192x4096)
         both = None
-        if dy_parts is not None and metas["x"] != "fprop":
+        if dy_parts is not None:
             both = _ops.rowwise_and_columnwise(dy2d, plan.dgrad_dy, plan.wgrad_dy, (dy_parts, dy_parts_wgrad),
                                                generator=gen, col_fake=True)
         if both is not None:
