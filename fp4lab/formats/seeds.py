@@ -30,8 +30,8 @@ def check_seed_state(state: torch.Tensor, device: torch.device, where: str) -> N
         raise ValueError(f"{where}: the seed state is on {state.device} but the data on {device}")
 
 
-def advance(state: torch.Tensor) -> None:
-    state.add_(SEED_STEP)
+def advance(state: torch.Tensor, steps: int = 1) -> None:
+    state.add_(SEED_STEP * steps)  # one launch for several draws (int64 wraps the same either way)
 
 
 def take_generator(state: torch.Tensor, device=None) -> torch.Generator:

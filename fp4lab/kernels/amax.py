@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from fp4lab.kernels._grid import cdiv, next_pow2
+from fp4lab.kernels._launch import launch
 from fp4lab.kernels.numerics import load_tile, reduce_amax_bits, rht_rows, round_to_bf16, tile_coords
 
 # 8192 elements per program and iteration, 4 warps: each thread keeps eight 16-byte loads in flight.
@@ -120,7 +121,8 @@ def _scratch(device: torch.device):
     create it (its zeroing would run only at replay). One per stream: passes on one stream never overlap,
     and passes on two streams use two scratches. The one case that shares a scratch between concurrent
     passes: a CUDA graph captured on stream A and replayed on stream B while eager passes run on A."""
-    key = (device.type, device.index, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    # the raw stream handle: torch.cuda.current_stream() builds a Stream object, several us of host time
+    key = (device.type, device.index, torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0)
     s = _SCRATCH.get(key)
     if s is None:
         if device.type != "cuda":
@@ -159,7 +161,7 @@ def amax_partials(x: torch.Tensor) -> torch.Tensor:
     n_prog = n_programs(cdiv(max(n, 1), FLAT_BLOCK), x.device)
     scratch = _scratch(x.device)
     parts = torch.empty(1 if scratch is not None else n_prog, dtype=torch.int32, device=x.device)
-    _amax_flat_kernel[(n_prog,)](x, n, parts, parts if scratch is None else scratch, BLOCK=FLAT_BLOCK,
+    launch(_amax_flat_kernel, (n_prog,), x, n, parts, parts if scratch is None else scratch, BLOCK=FLAT_BLOCK,
                                  ONE=scratch is not None, num_warps=FLAT_WARPS)
     return parts
 
@@ -169,7 +171,7 @@ def _rht_partials(x, stride_r, stride_c, R, C, BR, BC, vec_r, tiles_c_major, pla
     n = n_programs(max(n_tiles_r * n_tiles_c, 1), x.device)
     scratch = _scratch(x.device)
     parts = torch.empty((2 if plain else 1) * (1 if scratch is not None else n), dtype=torch.int32, device=x.device)
-    _amax_rht_kernel[(n,)](x, stride_r, stride_c, R, C, parts, parts if scratch is None else scratch,
+    launch(_amax_rht_kernel, (n,), x, stride_r, stride_c, R, C, parts, parts if scratch is None else scratch,
                            n_tiles_r, n_tiles_c, BR=BR, BC=BC, VEC_R=vec_r, TILES_C_MAJOR=tiles_c_major,
                            PLAIN=plain, ONE=scratch is not None, num_warps=4, enable_fp_fusion=False)
     return parts
@@ -191,7 +193,7 @@ def amax_pair_partials(x: torch.Tensor, stride_r: int, stride_c: int, R: int, C:
 
 def finish_amax(parts: torch.Tensor) -> torch.Tensor:
     out = torch.empty((), dtype=torch.float32, device=parts.device)
-    _amax_finish_kernel[(1,)](parts, parts.numel(), out, N_PARTS=next_pow2(parts.numel()))
+    launch(_amax_finish_kernel, (1,), parts, parts.numel(), out, N_PARTS=next_pow2(parts.numel()))
     return out
 
 

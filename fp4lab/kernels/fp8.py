@@ -13,6 +13,7 @@ import triton.language as tl
 
 from fp4lab import formats
 from fp4lab.kernels._grid import cdiv, next_pow2
+from fp4lab.kernels._launch import launch
 from fp4lab.kernels.amax import amax_partials
 from fp4lab.kernels.numerics import fdiv, reduce_amax_bits, round_to_bf16
 
@@ -72,8 +73,8 @@ def fp8_tensor_fake_triton(x: torch.Tensor, fmt: str = "e4m3", out_dtype: torch.
         return out
     parts = amax_partials(xc)
     fmax, mbits, emin = FP8_FORMATS[fmt]
-    _fp8_tensor_fake_kernel[(cdiv(n, BLOCK),)](
-        xc, parts, parts.numel(), out, n, FMAX=fmax, MBITS=mbits, EMIN=emin, MAGIC=2.0 ** (emin - mbits + 23),
+    launch(
+        _fp8_tensor_fake_kernel, (cdiv(n, BLOCK),), xc, parts, parts.numel(), out, n, FMAX=fmax, MBITS=mbits, EMIN=emin, MAGIC=2.0 ** (emin - mbits + 23),
         OUT_BF16=out_dtype == torch.bfloat16, N_PARTS=max(next_pow2(parts.numel()), 2), BLOCK=BLOCK,
         num_warps=8, enable_fp_fusion=False)
     return out

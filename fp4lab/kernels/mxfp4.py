@@ -12,6 +12,7 @@ import triton.language as tl
 from fp4lab import formats
 from fp4lab.formats import seeds
 from fp4lab.kernels._grid import cdiv
+from fp4lab.kernels._launch import launch
 from fp4lab.kernels.numerics import (
     e2m1_round, e2m1_stochastic_round, fdiv, load_tile, round_to_bf16, sr_random_bits, tile_coords,
 )
@@ -108,8 +109,8 @@ def mxfp4_fake_triton(x, *, scale_rule="rceil", rounding="nearest", generator=No
     n_tiles_r, n_tiles_c = cdiv(R, BR), cdiv(Cp, BC)
     seed, seed_state = _stochastic_seed(rounding, generator, x.device)
     if n_tiles_r * n_tiles_c:
-        _mxfp4_fake_kernel[(n_tiles_r * n_tiles_c,)](
-            x2, stride_r, stride_c, R, C, C_out, Cp, out, seed, x2 if seed_state is None else seed_state,
+        launch(
+            _mxfp4_fake_kernel, (n_tiles_r * n_tiles_c,), x2, stride_r, stride_c, R, C, C_out, Cp, out, seed, x2 if seed_state is None else seed_state,
             n_tiles_r, n_tiles_c, RULE=RULES[scale_rule], STOCHASTIC=rounding == "stochastic",
             SEED_FROM_PTR=seed_state is not None, RHT=rht,
             INNER_DTYPE=_tl_dtype(inner),

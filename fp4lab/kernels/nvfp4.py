@@ -19,6 +19,7 @@ from fp4lab import formats
 from fp4lab.formats import seeds
 from fp4lab.formats._checks import check_input
 from fp4lab.kernels._grid import cdiv, interpreting, next_pow2
+from fp4lab.kernels._launch import launch
 from fp4lab.kernels.amax import amax_pair_partials, amax_partials, amax_partials_rht
 from fp4lab.kernels.numerics import (
     FP32_MAX, e2m1_encode, e2m1_round, e2m1_stochastic_round, e2m1_value, e4m3_encode, e4m3_value, fdiv,
@@ -298,8 +299,8 @@ def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", sca
         if write_amax:
             amax_out.zero_()
     else:
-        _nvfp4_kernel[(n_tiles_r * n_tiles_c,)](
-            x2, stride_r, stride_c, R, C, R_out, C_out, Cp,
+        launch(
+            _nvfp4_kernel, (n_tiles_r * n_tiles_c,), x2, stride_r, stride_c, R, C, R_out, C_out, Cp,
             parts, parts.numel(), amax_out, codes, scales, out,
             seed, x2 if seed_state is None else seed_state, n_tiles_r, n_tiles_c, int(forward_walk),
             ORDER=ORDERS[scale_order], BLOCK_2D=block_2d, STOCHASTIC=rounding == "stochastic",
@@ -356,7 +357,7 @@ def dequantize_nvfp4_triton(t: formats.NVFP4Tensor, dtype: torch.dtype = torch.b
     BR, BC = tile
     if R and C:
         grid = (cdiv(R, BR), cdiv(Cp, BC))
-        _nvfp4_dequant_kernel[grid](codes.contiguous(), scales.contiguous(), t.global_amax.float().reshape(()),
+        launch(_nvfp4_dequant_kernel, grid, codes.contiguous(), scales.contiguous(), t.global_amax.float().reshape(()),
                                     out, R, C, Cp, ORDER=ORDERS[t.scale_order],
                                     OUT_BF16=out.dtype == torch.bfloat16, BR=BR, BC=BC, num_warps=4,
                                     enable_fp_fusion=False)

@@ -18,6 +18,7 @@ import triton.language as tl
 from fp4lab import formats
 from fp4lab.formats import seeds
 from fp4lab.kernels._grid import cdiv, next_pow2
+from fp4lab.kernels._launch import launch
 from fp4lab.kernels.nvfp4 import (
     ORDERS, _check_args, _stochastic_seed, _tl_dtype, amax_parts_nvfp4, fake_quantize_nvfp4, quantize_nvfp4,
     store_blocks,
@@ -119,8 +120,8 @@ def nvfp4_dual_triton(x, *, row_parts=None, col_parts=None, col_fake=False, rht=
         if not col_fake:
             amax_out.zero_()
     else:
-        _nvfp4_dual_kernel[(n_tiles_f * n_tiles_m,)](
-            x, M, K, Mp, row_parts, row_parts.numel(), col_parts, col_parts.numel(), amax_out,
+        launch(
+            _nvfp4_dual_kernel, (n_tiles_f * n_tiles_m,), x, M, K, Mp, row_parts, row_parts.numel(), col_parts, col_parts.numel(), amax_out,
             row_out, codes, scales, col_out, seed_row, seed_col, x if state is None else state,
             n_tiles_f, n_tiles_m,
             ORDER=ORDERS[scale_order], STOCHASTIC=rounding == "stochastic", SEED_FROM_PTR=state is not None,
@@ -130,8 +131,7 @@ def nvfp4_dual_triton(x, *, row_parts=None, col_parts=None, col_fake=False, rht=
             enable_fp_fusion=False,  # every product rounded like the reference (as nvfp4.py's kernel)
         )
     if state is not None:
-        seeds.advance(state)
-        seeds.advance(state)
+        seeds.advance(state, 2)
     row = row_out if out_dtype == x.dtype else row_out.to(out_dtype)
     if col_fake:
         return row, (col_out if out_dtype == col_inner else col_out.to(out_dtype))
