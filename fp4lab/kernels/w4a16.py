@@ -47,6 +47,7 @@ import triton
 import triton.language as tl
 
 from fp4lab.kernels._grid import cdiv, interpreting, next_pow2
+from fp4lab.kernels._launch import launch
 
 
 @triton.jit
@@ -488,8 +489,8 @@ def dequantize_kernel_layout(words, scales_t, g, dtype=torch.bfloat16) -> torch.
         return v.flatten(-2).to(dtype).t()
     out = torch.empty(8 * kw, n, dtype=dtype, device=words.device)
     br, bn = 16, 256
-    _dequant_t_kernel[(cdiv(kw, br), cdiv(n, bn))](
-        words, scales_t, g, out, n, 8 * kw, BLOCK_R=br, BLOCK_N=bn)
+    launch(_dequant_t_kernel, (cdiv(kw, br), cdiv(n, bn)),
+           words, scales_t, g, out, n, 8 * kw, BLOCK_R=br, BLOCK_N=bn)
     return out
 
 
@@ -509,22 +510,22 @@ def _launch(cfg: Config, x, words, scales_t, g, bias, y):
     if cfg.kind == "gemv":
         if m != 1:
             raise ValueError(f"w4a16: the gemv kernel takes one row of x, got M={m}")
-        _w4a16_gemv_kernel[(tiles_n, cfg.split_k)](
-            x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
+        launch(
+            _w4a16_gemv_kernel, (tiles_n, cfg.split_k), x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None, ASM=not interpreting(),
             EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif cfg.kind in ("dot", "dot1"):
-        _w4a16_dot_kernel[(tiles_m * tiles_n, cfg.split_k)](
-            x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
+        launch(
+            _w4a16_dot_kernel, (tiles_m * tiles_n, cfg.split_k), x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
             HAS_BIAS=bias is not None, DOT_FP32=interpreting(), ONE_DOT=cfg.kind == "dot1", ASM=not interpreting(),
             BF16X2=os.environ.get("FP4LAB_W4A16_SAFE_DEQUANT") != "1",
             EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif cfg.kind in ("swap", "swap8"):
-        _w4a16_swap_kernel[(tiles_m * tiles_n, cfg.split_k)](
-            x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
+        launch(
+            _w4a16_swap_kernel, (tiles_m * tiles_n, cfg.split_k), x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
             HAS_BIAS=bias is not None, DOT_FP32=interpreting(), ONE_DOT=cfg.kind == "swap", ASM=not interpreting(),
             BF16X2=os.environ.get("FP4LAB_W4A16_SAFE_DEQUANT") != "1",
