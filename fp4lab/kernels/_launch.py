@@ -81,6 +81,9 @@ def launch(kernel, grid: tuple, *args, **kwargs) -> None:
     if entry is None:
         compiled = kernel[grid](*args, **kwargs)
         names = kernel.arg_names[len(args):]
+        if any(isinstance(v, torch.Tensor) for v in kwargs.values()):
+            _LAYOUTS[kernel] = False  # a tensor by keyword would key by identity and be kept alive here
+            return
         ok = (compiled is not None and hasattr(compiled, "packed_metadata") and _same_layout(layout, args)
               and all(n in kwargs for n in names))
         if len(_CACHE) >= MAX_ENTRIES:

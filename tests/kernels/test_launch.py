@@ -81,6 +81,20 @@ def test_a_float_argument_keeps_the_ordinary_path():
 
 @gpu
 @needs_cuda
+def test_a_tensor_by_keyword_keeps_the_ordinary_path_and_is_not_kept():
+    x, y = torch.randn(256, device="cuda"), torch.randn(256, device="cuda")
+    _launch._LAYOUTS.pop(_axpy_kernel, None)
+    out = torch.empty(256, device="cuda")
+    for _ in range(2):
+        launch(_axpy_kernel, (4,), x, y, out_ptr=out, a=2, n=256, stride=1, BLOCK=64, num_warps=1,
+               enable_fp_fusion=False)
+        torch.testing.assert_close(out, 2 * x + y, rtol=0, atol=0)
+    assert _launch._LAYOUTS.pop(_axpy_kernel) is False
+    assert not any(v is out for k in _launch._CACHE for _, v in k[-1])
+
+
+@gpu
+@needs_cuda
 def test_launch_hooks_take_the_ordinary_path():
     from triton import knobs
     seen = []
