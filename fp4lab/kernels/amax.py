@@ -162,7 +162,7 @@ def amax_partials(x: torch.Tensor) -> torch.Tensor:
     scratch = _scratch(x.device)
     parts = torch.empty(1 if scratch is not None else n_prog, dtype=torch.int32, device=x.device)
     launch(_amax_flat_kernel, (n_prog,), x, n, parts, parts if scratch is None else scratch, BLOCK=FLAT_BLOCK,
-                                 ONE=scratch is not None, num_warps=FLAT_WARPS)
+           ONE=scratch is not None, num_warps=FLAT_WARPS)
     return parts
 
 
@@ -172,8 +172,8 @@ def _rht_partials(x, stride_r, stride_c, R, C, BR, BC, vec_r, tiles_c_major, pla
     scratch = _scratch(x.device)
     parts = torch.empty((2 if plain else 1) * (1 if scratch is not None else n), dtype=torch.int32, device=x.device)
     launch(_amax_rht_kernel, (n,), x, stride_r, stride_c, R, C, parts, parts if scratch is None else scratch,
-                           n_tiles_r, n_tiles_c, BR=BR, BC=BC, VEC_R=vec_r, TILES_C_MAJOR=tiles_c_major,
-                           PLAIN=plain, ONE=scratch is not None, num_warps=4, enable_fp_fusion=False)
+           n_tiles_r, n_tiles_c, BR=BR, BC=BC, VEC_R=vec_r, TILES_C_MAJOR=tiles_c_major,
+           PLAIN=plain, ONE=scratch is not None, num_warps=4, enable_fp_fusion=False)
     return parts
 
 

@@ -74,7 +74,8 @@ def fp8_tensor_fake_triton(x: torch.Tensor, fmt: str = "e4m3", out_dtype: torch.
     parts = amax_partials(xc)
     fmax, mbits, emin = FP8_FORMATS[fmt]
     launch(
-        _fp8_tensor_fake_kernel, (cdiv(n, BLOCK),), xc, parts, parts.numel(), out, n, FMAX=fmax, MBITS=mbits, EMIN=emin, MAGIC=2.0 ** (emin - mbits + 23),
+        _fp8_tensor_fake_kernel, (cdiv(n, BLOCK),),
+        xc, parts, parts.numel(), out, n, FMAX=fmax, MBITS=mbits, EMIN=emin, MAGIC=2.0 ** (emin - mbits + 23),
         OUT_BF16=out_dtype == torch.bfloat16, N_PARTS=max(next_pow2(parts.numel()), 2), BLOCK=BLOCK,
         num_warps=8, enable_fp_fusion=False)
     return out

@@ -110,7 +110,8 @@ def mxfp4_fake_triton(x, *, scale_rule="rceil", rounding="nearest", generator=No
     seed, seed_state = _stochastic_seed(rounding, generator, x.device)
     if n_tiles_r * n_tiles_c:
         launch(
-            _mxfp4_fake_kernel, (n_tiles_r * n_tiles_c,), x2, stride_r, stride_c, R, C, C_out, Cp, out, seed, x2 if seed_state is None else seed_state,
+            _mxfp4_fake_kernel, (n_tiles_r * n_tiles_c,),
+            x2, stride_r, stride_c, R, C, C_out, Cp, out, seed, x2 if seed_state is None else seed_state,
             n_tiles_r, n_tiles_c, RULE=RULES[scale_rule], STOCHASTIC=rounding == "stochastic",
             SEED_FROM_PTR=seed_state is not None, RHT=rht,
             INNER_DTYPE=_tl_dtype(inner),

@@ -300,7 +300,8 @@ def nvfp4_triton(x, *, block_2d=False, global_amax=None, rounding="nearest", sca
             amax_out.zero_()
     else:
         launch(
-            _nvfp4_kernel, (n_tiles_r * n_tiles_c,), x2, stride_r, stride_c, R, C, R_out, C_out, Cp,
+            _nvfp4_kernel, (n_tiles_r * n_tiles_c,),
+            x2, stride_r, stride_c, R, C, R_out, C_out, Cp,
             parts, parts.numel(), amax_out, codes, scales, out,
             seed, x2 if seed_state is None else seed_state, n_tiles_r, n_tiles_c, int(forward_walk),
             ORDER=ORDERS[scale_order], BLOCK_2D=block_2d, STOCHASTIC=rounding == "stochastic",
@@ -358,9 +359,8 @@ def dequantize_nvfp4_triton(t: formats.NVFP4Tensor, dtype: torch.dtype = torch.b
     if R and C:
         grid = (cdiv(R, BR), cdiv(Cp, BC))
         launch(_nvfp4_dequant_kernel, grid, codes.contiguous(), scales.contiguous(), t.global_amax.float().reshape(()),
-                                    out, R, C, Cp, ORDER=ORDERS[t.scale_order],
-                                    OUT_BF16=out.dtype == torch.bfloat16, BR=BR, BC=BC, num_warps=4,
-                                    enable_fp_fusion=False)
+               out, R, C, Cp, ORDER=ORDERS[t.scale_order], OUT_BF16=out.dtype == torch.bfloat16, BR=BR, BC=BC,
+               num_warps=4, enable_fp_fusion=False)
     return out.to(dtype).reshape(t.shape)
 
 

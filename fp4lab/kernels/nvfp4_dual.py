@@ -121,7 +121,8 @@ def nvfp4_dual_triton(x, *, row_parts=None, col_parts=None, col_fake=False, rht=
             amax_out.zero_()
     else:
         launch(
-            _nvfp4_dual_kernel, (n_tiles_f * n_tiles_m,), x, M, K, Mp, row_parts, row_parts.numel(), col_parts, col_parts.numel(), amax_out,
+            _nvfp4_dual_kernel, (n_tiles_f * n_tiles_m,),
+            x, M, K, Mp, row_parts, row_parts.numel(), col_parts, col_parts.numel(), amax_out,
             row_out, codes, scales, col_out, seed_row, seed_col, x if state is None else state,
             n_tiles_f, n_tiles_m,
             ORDER=ORDERS[scale_order], STOCHASTIC=rounding == "stochastic", SEED_FROM_PTR=state is not None,

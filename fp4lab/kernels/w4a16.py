@@ -511,13 +511,15 @@ def _launch(cfg: Config, x, words, scales_t, g, bias, y):
         if m != 1:
             raise ValueError(f"w4a16: the gemv kernel takes one row of x, got M={m}")
         launch(
-            _w4a16_gemv_kernel, (tiles_n, cfg.split_k), x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
+            _w4a16_gemv_kernel, (tiles_n, cfg.split_k),
+            x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None, ASM=not interpreting(),
             EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif cfg.kind in ("dot", "dot1"):
         launch(
-            _w4a16_dot_kernel, (tiles_m * tiles_n, cfg.split_k), x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
+            _w4a16_dot_kernel, (tiles_m * tiles_n, cfg.split_k),
+            x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
             HAS_BIAS=bias is not None, DOT_FP32=interpreting(), ONE_DOT=cfg.kind == "dot1", ASM=not interpreting(),
             BF16X2=os.environ.get("FP4LAB_W4A16_SAFE_DEQUANT") != "1",
@@ -525,7 +527,8 @@ def _launch(cfg: Config, x, words, scales_t, g, bias, y):
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif cfg.kind in ("swap", "swap8"):
         launch(
-            _w4a16_swap_kernel, (tiles_m * tiles_n, cfg.split_k), x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
+            _w4a16_swap_kernel, (tiles_m * tiles_n, cfg.split_k),
+            x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
             HAS_BIAS=bias is not None, DOT_FP32=interpreting(), ONE_DOT=cfg.kind == "swap", ASM=not interpreting(),
             BF16X2=os.environ.get("FP4LAB_W4A16_SAFE_DEQUANT") != "1",
