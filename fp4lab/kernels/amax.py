@@ -17,7 +17,7 @@ import triton.language as tl
 
 from fp4lab.kernels._grid import cdiv, next_pow2
 from fp4lab.kernels._launch import launch
-from fp4lab.kernels.numerics import load_tile, reduce_amax_bits, rht_rows, round_to_bf16, tile_coords
+from fp4lab.kernels.numerics import load_or_zero, load_tile, reduce_amax_bits, rht_rows, round_to_bf16, tile_coords
 
 # 8192 elements per program and iteration, 4 warps: each thread keeps eight 16-byte loads in flight.
 # In CUDA-graph replay on an H100 that took 49.2 us for 8192x8192 bf16 against 52.6 us with 8 warps
@@ -28,6 +28,7 @@ MAX_PARTS = 1024
 
 
 _SMS: dict = {}
+_L2: dict = {}
 
 
 def n_programs(n_units: int, device: torch.device) -> int:
@@ -40,6 +41,26 @@ def n_programs(n_units: int, device: torch.device) -> int:
         if sms is None:
             sms = _SMS[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
     return max(1, min(n_units, 4 * sms, MAX_PARTS))
+
+
+def evict_first(nbytes: int, device: torch.device, passes: int = 1) -> bool:
+    """Whether a pass over `nbytes` of input should load at L2 priority evict_first: when the input is larger
+    than `passes` times L2, so that no later pass can find it there.
+
+    Why: a pass over a tensor larger than L2 otherwise evicts the lines other kernels left, dirty ones
+    included, and their write-back competes with its own reads. With the hint its own lines go first.
+    H100, after do_bench's flush (an L2 full of dirty lines): quantize 8192x8192 136.4 -> 131.4 us and the
+    amax pass of 8192x4096 37.0 -> 31.6 us; in CUDA-graph replay (clean L2) quantize 8192x8192 +1 us,
+    RHT + columnwise quantize 8192x8192 170 -> 157 us, fake-quantize 8192x4096 77.7 -> 74.0 us
+    (benchmarks/results/quantize-evict-probe-h100-2026-11-23.json). `passes` = 2 for a pass that follows
+    an amax pass over the same input: below 2x L2 it still finds part of it there.
+    """
+    if device.type != "cuda":
+        return False
+    l2 = _L2.get(device.index)
+    if l2 is None:
+        l2 = _L2[device.index] = torch.cuda.get_device_properties(device).L2_cache_size
+    return nbytes > passes * l2
 
 
 @triton.jit
@@ -65,13 +86,14 @@ def _fold(parts_ptr, scratch_ptr, m, m2, pid, nprog, TWO: tl.constexpr, ONE: tl.
 
 
 @triton.jit
-def _amax_flat_kernel(x_ptr, n, parts_ptr, scratch_ptr, BLOCK: tl.constexpr, ONE: tl.constexpr):
+def _amax_flat_kernel(x_ptr, n, parts_ptr, scratch_ptr, BLOCK: tl.constexpr, ONE: tl.constexpr,
+                      EVICT_FIRST: tl.constexpr):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     acc = tl.zeros([BLOCK], dtype=tl.int32)
     for start in range(pid * BLOCK, n, nprog * BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        v = tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(tl.float32)
+        v = load_or_zero(x_ptr + offs, offs < n, EVICT_FIRST).to(tl.float32)
         acc = tl.maximum(acc, tl.abs(v).to(tl.int32, bitcast=True))
     m = tl.max(acc, axis=0)
     _fold(parts_ptr, scratch_ptr, m, m, pid, nprog, False, ONE)
@@ -80,7 +102,7 @@ def _amax_flat_kernel(x_ptr, n, parts_ptr, scratch_ptr, BLOCK: tl.constexpr, ONE
 @triton.jit
 def _amax_rht_kernel(x_ptr, stride_r, stride_c, R, C, parts_ptr, scratch_ptr, n_tiles_r, n_tiles_c,
                      BR: tl.constexpr, BC: tl.constexpr, VEC_R: tl.constexpr, TILES_C_MAJOR: tl.constexpr,
-                     PLAIN: tl.constexpr, ONE: tl.constexpr):
+                     PLAIN: tl.constexpr, ONE: tl.constexpr, EVICT_FIRST: tl.constexpr):
     # amax of the BF16-rounded RHT output, tile by tile (the quantizer recomputes the transform); tiles
     # in x's memory order, so the quantizer's reversed walk finds the last ones in L2. PLAIN: also max |t|
     # from the same read (a layer needs both: the rowwise operand and the columnwise Wgrad one), stored
@@ -93,7 +115,7 @@ def _amax_rht_kernel(x_ptr, stride_r, stride_c, R, C, parts_ptr, scratch_ptr, n_
     acc_h = tl.zeros([BR], dtype=tl.int32)
     for tile in range(pid, n_tiles_r * n_tiles_c, nprog):
         tr, tc = tile_coords(tile, n_tiles_r, n_tiles_c, TILES_C_MAJOR)
-        t = load_tile(x_ptr, stride_r, stride_c, R, C, tr * BR, tc * BC, BR, BC, False, VEC_R)
+        t = load_tile(x_ptr, stride_r, stride_c, R, C, tr * BR, tc * BC, BR, BC, False, VEC_R, False, EVICT_FIRST)
         if PLAIN:
             acc = tl.maximum(acc, tl.max(tl.abs(t).to(tl.int32, bitcast=True), axis=1))
         h = rht_rows(t, BR, BC, False)
@@ -162,7 +184,7 @@ def amax_partials(x: torch.Tensor) -> torch.Tensor:
     scratch = _scratch(x.device)
     parts = torch.empty(1 if scratch is not None else n_prog, dtype=torch.int32, device=x.device)
     launch(_amax_flat_kernel, (n_prog,), x, n, parts, parts if scratch is None else scratch, BLOCK=FLAT_BLOCK,
-           ONE=scratch is not None, num_warps=FLAT_WARPS)
+           ONE=scratch is not None, EVICT_FIRST=evict_first(n * x.element_size(), x.device), num_warps=FLAT_WARPS)
     return parts
 
 
@@ -173,7 +195,8 @@ def _rht_partials(x, stride_r, stride_c, R, C, BR, BC, vec_r, tiles_c_major, pla
     parts = torch.empty((2 if plain else 1) * (1 if scratch is not None else n), dtype=torch.int32, device=x.device)
     launch(_amax_rht_kernel, (n,), x, stride_r, stride_c, R, C, parts, parts if scratch is None else scratch,
            n_tiles_r, n_tiles_c, BR=BR, BC=BC, VEC_R=vec_r, TILES_C_MAJOR=tiles_c_major,
-           PLAIN=plain, ONE=scratch is not None, num_warps=4, enable_fp_fusion=False)
+           PLAIN=plain, ONE=scratch is not None, EVICT_FIRST=evict_first(R * C * x.element_size(), x.device),
+           num_warps=4, enable_fp_fusion=False)
     return parts
 
 

@@ -226,21 +226,33 @@ def half_block_coords(r0, c0, BR: tl.constexpr, BC: tl.constexpr):
 
 
 @triton.jit
+def load_or_zero(ptrs, mask, EVICT_FIRST: tl.constexpr):
+    """tl.load with zeros where masked, at L2 priority evict_first if EVICT_FIRST (Triton wants the policy as
+    a literal, so the flag picks between two loads)."""
+    if EVICT_FIRST:
+        v = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_first")
+    else:
+        v = tl.load(ptrs, mask=mask, other=0.0)
+    return v
+
+
+@triton.jit
 def load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0,
               BR: tl.constexpr, BC: tl.constexpr, RHT: tl.constexpr, VEC_R: tl.constexpr,
-              WHOLE_BLOCKS: tl.constexpr = False):
+              WHOLE_BLOCKS: tl.constexpr = False, EVICT_FIRST: tl.constexpr = False):
     """Tile [BR, BC] of the logical view t[r, c] = x[r * stride_r + c * stride_c] as fp32, zero outside.
 
     VEC_R > 0 (columnwise, stride_r == 1) caps the run of contiguous r the compiler sees at VEC_R, so
     each thread loads VEC_R features (8 bytes for VEC_R=4 in bf16) and keeps a whole 16-block along c
     in its registers: the block max then needs no shuffle and the threads of a warp read consecutive
-    addresses.
+    addresses. EVICT_FIRST: load with L2 priority evict_first (a tensor read once that L2 cannot keep
+    anyway: its lines are then replaced before other kernels' lines; see `evict_first` in amax.py).
     """
     if WHOLE_BLOCKS:
         r3, c3 = half_block_coords(r0, c0, BR, BC)
         p = x_ptr + r3.to(tl.int64) * stride_r + c3.to(tl.int64) * stride_c
-        lo = tl.load(p, mask=(r3 < R) & (c3 < C), other=0.0)
-        hi = tl.load(p + 8 * stride_c, mask=(r3 < R) & (c3 + 8 < C), other=0.0)
+        lo = load_or_zero(p, (r3 < R) & (c3 < C), EVICT_FIRST)
+        hi = load_or_zero(p + 8 * stride_c, (r3 < R) & (c3 + 8 < C), EVICT_FIRST)
         t = tl.reshape(tl.permute(tl.join(lo, hi), (1, 0, 3, 2)), [BR, BC])
     else:
         i = tl.arange(0, BR)
@@ -249,7 +261,7 @@ def load_tile(x_ptr, stride_r, stride_c, R, C, r0, c0,
         r = r0 + i
         c = c0 + tl.arange(0, BC)
         ptrs = x_ptr + r[:, None].to(tl.int64) * stride_r + c[None, :].to(tl.int64) * stride_c
-        t = tl.load(ptrs, mask=(r[:, None] < R) & (c[None, :] < C), other=0.0)
+        t = load_or_zero(ptrs, (r[:, None] < R) & (c[None, :] < C), EVICT_FIRST)
     if RHT:
         return rht_rows(t.to(tl.float32), BR, BC)
     return t.to(tl.float32)

@@ -170,7 +170,6 @@ def test_amax_kernel():
 
 def test_amax_passes_fold_into_one_value_and_leave_the_scratch_zeroed(monkeypatch):
     amax_mod = importlib.import_module("fp4lab.kernels.amax")  # the package exports a function of that name
-
     x = spread_input(100, 300, seed=4)  # 4 programs of the flat pass, 7 of the RHT pair pass
     want = x.float().abs().amax()
     want_h = formats.random_hadamard_16(x.T, nonfinite="propagate").float().abs().amax()
@@ -360,3 +359,14 @@ def test_shared_amax_parts_propagate_nonfinite():
     assert not torch.isfinite(_as_amax(cols))  # the transform of an Inf group holds Inf or NaN
     with pytest.raises(ValueError, match="2-D"):
         amax_parts_nvfp4(x[0])
+
+
+def test_evict_first_threshold(monkeypatch):
+    amax_mod = importlib.import_module("fp4lab.kernels.amax")  # the package exports a function of that name
+    assert not amax_mod.evict_first(1 << 40, torch.device("cpu"))
+    monkeypatch.setitem(amax_mod._L2, 0, 50 << 20)
+    cuda0 = torch.device("cuda", 0)
+    assert not amax_mod.evict_first(50 << 20, cuda0)
+    assert amax_mod.evict_first((50 << 20) + 1, cuda0)
+    assert not amax_mod.evict_first(64 << 20, cuda0, passes=2)  # a second pass still finds part of it in L2
+    assert amax_mod.evict_first(128 << 20, cuda0, passes=2)

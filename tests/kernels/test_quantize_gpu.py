@@ -115,7 +115,6 @@ def test_amax_scratch_per_stream_and_graph_capture():
     # the amax pass folds into a per-stream scratch; a capture on a stream that has none yet falls back
     # to per-program partials. Every way gives the eager result, and the scratch is left zeroed
     amax_mod = importlib.import_module("fp4lab.kernels.amax")  # the package exports a function of that name
-
     x = spread_input(1024, 2048, seed=9, device="cuda")
     want = kernels.quantize_nvfp4(x)
     graph = torch.cuda.CUDAGraph()
@@ -133,3 +132,15 @@ def test_amax_scratch_per_stream_and_graph_capture():
         assert torch.equal(got.codes, ref.codes) and torch.equal(got.global_amax, ref.global_amax)
         assert torch.equal(got.scales.view(torch.uint8), ref.scales.view(torch.uint8))
     assert all(int(v) == 0 for scratch in amax_mod._SCRATCH.values() for v in scratch.cpu())
+
+
+def test_evict_first_hint_keeps_the_numerics(monkeypatch):
+    # the L2 hint is on only for tensors larger than L2; pretend L2 is 1 KiB so these test sizes take it
+    amax_mod = importlib.import_module("fp4lab.kernels.amax")  # the package exports a function of that name
+    x = spread_input(1000, 1040, seed=21, device="cuda")
+    monkeypatch.setitem(amax_mod._L2, x.device.index if x.device.index is not None else 0, 1024)
+    assert amax_mod.evict_first(x.numel() * 2, x.device, passes=2)
+    for variant in VARIANTS:
+        check_quantize(x, variant, "torchao")
+    check_fake(x, "rowwise", "te")
+    assert torch.equal(kernels.amax(x).cpu(), x.cpu().float().abs().amax())
