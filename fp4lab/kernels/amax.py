@@ -27,19 +27,20 @@ FLAT_WARPS = 4
 MAX_PARTS = 1024
 
 
-_SMS: dict = {}
-_L2: dict = {}
+_PROPS: dict = {}
+
+
+def _props(device: torch.device):
+    # cached: get_device_properties costs ~20 us of host time per call, and a QuantLinear step asks a
+    # dozen times (the layer is host-bound at small sizes)
+    p = _PROPS.get(device.index)
+    if p is None:
+        p = _PROPS[device.index] = torch.cuda.get_device_properties(device)
+    return p
 
 
 def n_programs(n_units: int, device: torch.device) -> int:
-    # the SM count is cached: get_device_properties costs ~20 us of host time per call, and a
-    # QuantLinear step calls this a dozen times (the layer is host-bound at small sizes)
-    if device.type != "cuda":
-        sms = 2
-    else:
-        sms = _SMS.get(device.index)
-        if sms is None:
-            sms = _SMS[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _props(device).multi_processor_count if device.type == "cuda" else 2
     return max(1, min(n_units, 4 * sms, MAX_PARTS))
 
 
@@ -55,12 +56,7 @@ def evict_first(nbytes: int, device: torch.device, passes: int = 1) -> bool:
     (benchmarks/results/quantize-evict-probe-h100-2026-11-23.json). `passes` = 2 for a pass that follows
     an amax pass over the same input: below 2x L2 it still finds part of it there.
     """
-    if device.type != "cuda":
-        return False
-    l2 = _L2.get(device.index)
-    if l2 is None:
-        l2 = _L2[device.index] = torch.cuda.get_device_properties(device).L2_cache_size
-    return nbytes > passes * l2
+    return device.type == "cuda" and nbytes > passes * _props(device).L2_cache_size
 
 
 @triton.jit

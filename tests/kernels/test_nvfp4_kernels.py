@@ -1,5 +1,6 @@
 """NVFP4 Triton kernels vs fp4lab.formats, bit-exact (interpreter on CPU; small shapes)."""
 import importlib
+import types
 import zlib
 
 import pytest
@@ -364,7 +365,7 @@ def test_shared_amax_parts_propagate_nonfinite():
 def test_evict_first_threshold(monkeypatch):
     amax_mod = importlib.import_module("fp4lab.kernels.amax")  # the package exports a function of that name
     assert not amax_mod.evict_first(1 << 40, torch.device("cpu"))
-    monkeypatch.setitem(amax_mod._L2, 0, 50 << 20)
+    monkeypatch.setitem(amax_mod._PROPS, 0, types.SimpleNamespace(L2_cache_size=50 << 20))
     cuda0 = torch.device("cuda", 0)
     assert not amax_mod.evict_first(50 << 20, cuda0)
     assert amax_mod.evict_first((50 << 20) + 1, cuda0)

@@ -1,5 +1,6 @@
 """The same bit-exact checks on a GPU with large shapes (reference computed on the CPU)."""
 import importlib
+import types
 import math
 
 import pytest
@@ -138,7 +139,9 @@ def test_evict_first_hint_keeps_the_numerics(monkeypatch):
     # the L2 hint is on only for tensors larger than L2; pretend L2 is 1 KiB so these test sizes take it
     amax_mod = importlib.import_module("fp4lab.kernels.amax")  # the package exports a function of that name
     x = spread_input(1000, 1040, seed=21, device="cuda")
-    monkeypatch.setitem(amax_mod._L2, x.device.index if x.device.index is not None else 0, 1024)
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+    fake = types.SimpleNamespace(L2_cache_size=1024, multi_processor_count=sms)
+    monkeypatch.setitem(amax_mod._PROPS, x.device.index, fake)
     assert amax_mod.evict_first(x.numel() * 2, x.device, passes=2)
     for variant in VARIANTS:
         check_quantize(x, variant, "torchao")
