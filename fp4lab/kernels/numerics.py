@@ -29,6 +29,31 @@ def fdiv(a, b):
 
 
 @triton.jit
+def recip_estimate(b):
+    """1/b to about an ulp, the reciprocal that ptxas's div.rn.f32 fast path refines (MUFU.RCP, one
+    Newton step), for fdiv_fast. b must be a normal float. The interpreter never uses it (fdiv_fast
+    divides exactly there)."""
+    if INTERPRETED:
+        return 1.0 / b
+    r = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [b], dtype=tl.float32, is_pure=True, pack=1)
+    return tl.fma(r, tl.fma(-b, r, 1.0), r)
+
+
+@triton.jit
+def fdiv_fast(a, b, y):
+    """a / b rounded to nearest even, given y = recip_estimate(b) (or RN(1/b) for a constant b): the
+    quotient a * y corrected by one fma with its exact remainder. This is ptxas's fast path for div.rn
+    without the FCHK range test and branch around it, so the caller guarantees what FCHK would check:
+    a, b and a / b normal and far from overflow (block_scales guards a whole tensor at once). The three
+    per-block divisions took about 2 of the packed pass's 24 instructions per element (benchmarks/README.md,
+    session 14). The interpreter divides exactly, which the fast path equals in that range."""
+    if INTERPRETED:
+        return fdiv(a, b)
+    q = a * y
+    return tl.fma(tl.fma(-b, q, a), y, q)
+
+
+@triton.jit
 def with_sign_of(m, y):
     """m >= 0 (fp32) with the sign bit of y (so -0.0 where m is 0 and y negative)."""
     return (m.to(tl.int32, bitcast=True) | (y.to(tl.int32, bitcast=True) & -2147483648)).to(tl.float32, bitcast=True)
@@ -45,17 +70,18 @@ def e2m1_clamp(a):
 def e2m1_magnitude(a):
     """E2M1 magnitude code 0..7 of |y| = a >= 0 by round-to-nearest-even with saturation at 6 (NaN -> 0).
 
-    Bit arithmetic instead of counting the 7 bin edges (same codes, about half the instructions; the
-    kernels are ALU-bound): from 1 up the grid keeps one mantissa bit, so RNE over the 22 dropped
-    bits gives code 2 * (exponent - 127) + 2 + mantissa bit, a carry moving to the next binade; below 1
-    the grid is k * 0.5, and adding 2^22 (whose ulp is 0.5) rounds a to it (RNE), leaving k in the
-    low mantissa bits.
+    In code space the grid is evenly spaced: the code is RNE(f(a)) with f(a) = min(2a, a + 2, a/2 + 4)
+    (slope 1 / grid step on [0, 2], [2, 4], [4, 6]; a tie lands on a half-integer and goes to the even
+    code, which is the even mantissa). Each line is rounded to an integer by adding 2^23 (ulp 1, one
+    rounding: the products by 2 and 1/2 are exact), and RNE is monotonic, so the min of the three rounded
+    lines is RNE(f(a)): 7 float instructions (sm_90 SASS) where bit arithmetic on the exponent took 8;
+    the packed quantize pass is bound by instruction issue (benchmarks/README.md, sessions 13-14).
+    Checked against fp4lab.formats on every non-negative fp32 (tests/kernels/test_numerics_exhaustive.py).
     """
     a = e2m1_clamp(a)
-    bits = a.to(tl.int32, bitcast=True)
-    normal = ((bits + 0x1FFFFF + ((bits >> 22) & 1)) >> 22) - 252
-    sub = (a + 4194304.0).to(tl.int32, bitcast=True) - 0x4A800000
-    return tl.where(a < 1.0, sub, normal)
+    # tl.fma: the kernels compile without fp contraction, and the products are exact either way
+    g = tl.minimum(tl.minimum(tl.fma(a, 2.0, 8388608.0), a + 8388610.0), tl.fma(a, 0.5, 8388612.0))
+    return g.to(tl.int32, bitcast=True) & 7
 
 
 @triton.jit

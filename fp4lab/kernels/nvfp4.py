@@ -23,6 +23,7 @@ from fp4lab.kernels._launch import launch
 from fp4lab.kernels.amax import amax_pair_partials, amax_partials, amax_partials_rht, evict_first
 from fp4lab.kernels.numerics import (
     FP32_MAX, e2m1_encode, e2m1_round, e2m1_stochastic_round, e2m1_value, e4m3_encode, e4m3_value, fdiv,
+    fdiv_fast, recip_estimate,
     load_tile, reduce_amax_bits, round_to_bf16, sr_random_bits, tile_coords, half_block_coords,
 )
 
@@ -44,18 +45,35 @@ COLUMNWISE_PACKED = ((256, 32), 2)
 
 
 @triton.jit
-def block_scales(amax, amax_b, ORDER: tl.constexpr):
+def block_scales(amax, amax_b, ORDER: tl.constexpr, FAST: tl.constexpr):
     """(E4M3 byte, element factor, decode factor) of blocks with max |x| amax_b in fp4lab.formats' order.
 
     The element factor multiplies x (torchao, te) or divides it (compressed-tensors); a zero scale
     encodes with FLT_MAX as TE does. A non-finite tensor amax makes every scale byte NaN (0x7F).
+    FAST (torchao, te; only for a tensor amax in fast_division_range): per-block divisions by fdiv_fast.
+    Every operand and quotient that can change a scale byte is then a normal float far from overflow,
+    where the fast path is exact; a block too small for that (amax_b < 2^-100) has scale byte 0 either way.
     """
     if ORDER == 0:  # torchao: g = amax/2688; s = e4m3((amax_b/6)/g); y = x * ((1/g)/s); decode g*s
         g = fdiv(amax, 2688.0)
         g_enc = tl.where(amax == 0, 1.0, g)
-        code = e4m3_encode(fdiv(fdiv(amax_b, 6.0), g_enc))
-        s = e4m3_value(code)
-        factor = tl.where(s == 0, FP32_MAX, fdiv(fdiv(1.0, g_enc), s))
+        inv_g = fdiv(1.0, g_enc)
+        if FAST:
+            # 1/6 rounded is close enough for the one-fma correction: exact for every amax_b >= 2^-123
+            # (every non-negative float checked once in numpy; tests/kernels/test_numerics_exhaustive.py
+            # checks whole binades)
+            d = fdiv_fast(amax_b, 6.0, 0.1666666716337204)
+            # a given global_amax below the data's could push d / g past overflow, where the fast path
+            # gives NaN: above 512 g the scale saturates to 448 anyway (a NaN d stays NaN, as it should)
+            lim = g_enc * 512.0
+            d = tl.where(d > lim, lim, d)
+            code = e4m3_encode(fdiv_fast(d, g_enc, recip_estimate(g_enc)))
+            s = e4m3_value(code)
+            factor = tl.where(s == 0, FP32_MAX, fdiv_fast(inv_g, s, recip_estimate(s)))
+        else:
+            code = e4m3_encode(fdiv(fdiv(amax_b, 6.0), g_enc))
+            s = e4m3_value(code)
+            factor = tl.where(s == 0, FP32_MAX, fdiv(inv_g, s))
     elif ORDER == 1:  # te: S = 2688/amax; s = e4m3(amax_b*(S*(1/6))); y = x * 1/(s*(1/S))
         s_enc = fdiv(2688.0, amax)
         s_enc = tl.where(s_enc > FP32_MAX, FP32_MAX, s_enc)
@@ -63,7 +81,11 @@ def block_scales(amax, amax_b, ORDER: tl.constexpr):
         s_dec = fdiv(1.0, s_enc)
         code = e4m3_encode(amax_b * (s_enc * 0.16666666666666666))
         s = e4m3_value(code)
-        factor = tl.where(s == 0, FP32_MAX, tl.minimum(fdiv(1.0, s * s_dec), FP32_MAX))
+        sd = s * s_dec
+        if FAST:
+            factor = tl.where(s == 0, FP32_MAX, tl.minimum(fdiv_fast(1.0, sd, recip_estimate(sd)), FP32_MAX))
+        else:
+            factor = tl.where(s == 0, FP32_MAX, tl.minimum(fdiv(1.0, sd), FP32_MAX))
     else:  # compressed-tensors: G = (1/max(amax, tiny))*2688 (non-finite -> 1); s = e4m3(G*(amax_b/6)); y = x / (s/G)
         a = tl.where(amax < 1.1754943508222875e-38, 1.1754943508222875e-38, amax)
         gs = fdiv(1.0, a) * 2688.0
@@ -83,13 +105,41 @@ def block_scales(amax, amax_b, ORDER: tl.constexpr):
 
 
 @triton.jit
+def fast_division_range(amax):
+    """The tensor amax is in [2^-60, 2^60], where block_scales may divide with fdiv_fast."""
+    return (amax >= 8.673617379884035e-19) & (amax <= 1.152921504606847e18)
+
+
+@triton.jit
 def store_blocks(t, amax, seed, seed_ptr, r0, c0, R, R_out, C_out, Cp, codes_ptr, scales_ptr, out_ptr,
                  ORDER: tl.constexpr, BLOCK_2D: tl.constexpr, STOCHASTIC: tl.constexpr, SEED_FROM_PTR: tl.constexpr,
                  QUANT: tl.constexpr, FAKE: tl.constexpr, INNER_DTYPE: tl.constexpr, BR: tl.constexpr,
                  BC: tl.constexpr, WHOLE_BLOCKS: tl.constexpr):
     """Quantize the tile t [BR, BC] at (r0, c0) of the logical view in blocks of 16 along c (scaled by the
     max of each 1x16 block, or of each 16x16 tile with BLOCK_2D; tensor amax) and store packed codes +
-    scale bytes (QUANT) and/or the dequantized values (FAKE) of the rows below R_out / R."""
+    scale bytes (QUANT) and/or the dequantized values (FAKE) of the rows below R_out / R.
+
+    One uniform branch on the tensor amax picks the fast-division build of the whole tile; the other
+    build divides exactly, for tensors outside that range. (With the branch around the scale arithmetic
+    alone, the dual kernel with a fake columnwise copy measured 10% slower on an H100; around the whole
+    tile it measured unchanged: results/quantize-fastdiv-ab-h100-2026-11-23.json.)"""
+    if ORDER != 2 and fast_division_range(amax):
+        store_blocks_with(t, amax, seed, seed_ptr, r0, c0, R, R_out, C_out, Cp, codes_ptr, scales_ptr, out_ptr,
+                          ORDER, BLOCK_2D, STOCHASTIC, SEED_FROM_PTR, QUANT, FAKE, INNER_DTYPE, BR, BC,
+                          WHOLE_BLOCKS, True)
+    else:
+        store_blocks_with(t, amax, seed, seed_ptr, r0, c0, R, R_out, C_out, Cp, codes_ptr, scales_ptr, out_ptr,
+                          ORDER, BLOCK_2D, STOCHASTIC, SEED_FROM_PTR, QUANT, FAKE, INNER_DTYPE, BR, BC,
+                          WHOLE_BLOCKS, False)
+
+
+@triton.jit
+def store_blocks_with(t, amax, seed, seed_ptr, r0, c0, R, R_out, C_out, Cp, codes_ptr, scales_ptr, out_ptr,
+                      ORDER: tl.constexpr, BLOCK_2D: tl.constexpr, STOCHASTIC: tl.constexpr,
+                      SEED_FROM_PTR: tl.constexpr, QUANT: tl.constexpr, FAKE: tl.constexpr,
+                      INNER_DTYPE: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, WHOLE_BLOCKS: tl.constexpr,
+                      FAST: tl.constexpr):
+    """store_blocks with FAST (block_scales) fixed at compile time."""
     a = tl.abs(t)
     if BLOCK_2D:
         a4 = tl.reshape(a, [BR // 16, 16, BC // 16, 16])
@@ -97,7 +147,7 @@ def store_blocks(t, amax, seed, seed_ptr, r0, c0, R, R_out, C_out, Cp, codes_ptr
         amax_b = tl.reshape(tl.broadcast_to(tile_max[:, None, :], [BR // 16, 16, BC // 16]), [BR, BC // 16])
     else:
         amax_b = tl.max(tl.reshape(a, [BR, BC // 16, 16]), axis=2)
-    code_s, factor, decode = block_scales(amax, amax_b, ORDER)
+    code_s, factor, decode = block_scales(amax, amax_b, ORDER, FAST)
 
     t3 = tl.reshape(t, [BR, BC // 16, 16])
     if ORDER == 2:
