@@ -389,7 +389,7 @@ def train(cfg: TrainConfig) -> dict:
         if d.is_main:
             summary = summarize(out, dict(preset=cfg.preset, recipe=cfg.recipe, seed=cfg.seed,
                                           tokens=cfg.tokens, device=str(device.type),
-                                          device_name=_device_name(device),
+                                          device_name=_device_name(device), software=_software(),
                                           world_size=d.world_size, parallel=cfg.parallel,
                                           compile=cfg.compile,
                                           params=sum(p.numel() for p in unwrap(model_w).parameters())))
@@ -400,7 +400,32 @@ def train(cfg: TrainConfig) -> dict:
     return summary or {}
 
 
+def _software() -> dict:
+    """Versions that decide the numbers, beside the device: float results of the same code and torch
+    differ between CPUs (studies/compare-tiny-cpu/README.md), so a run says what it ran on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"torch": torch.__version__}
+    for name in ("fp4lab", "triton"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({os.cpu_count()} cores, torch threads={torch.get_num_threads()})"
+    return f"cpu ({_cpu_model()}{os.cpu_count()} cores, torch threads={torch.get_num_threads()})"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() + ", "
+    except OSError:
+        pass
+    return ""

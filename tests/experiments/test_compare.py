@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from fp4lab.experiments.compare import parse_recipes, run_dir_name
 from fp4lab.experiments.report import summarize_recipes, table_markdown, verdict
@@ -38,6 +39,8 @@ def test_compare_tiny_end_to_end(tmp_path):
             run = out / recipe / f"seed{seed}"
             assert (run / "metrics.jsonl").is_file() and (run / "final.json").is_file()
             assert (run / "model" / "config.json").is_file()  # a standard HF checkpoint
+            software = json.loads((run / "final.json").read_text())["software"]
+            assert software["torch"] == torch.__version__
     # same initial weights and data for both recipes of a seed: step-1 losses are close, not equal
     first = {r: json.loads((out / r / "seed0" / "metrics.jsonl").read_text().splitlines()[0])["loss"]
              for r in ("bf16", "nvfp4")}
