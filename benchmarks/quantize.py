@@ -152,7 +152,13 @@ def quick_tile_sweep(rows, copy_gbps, graph=False):
 
 
 def baselines():
-    """torch.compile'd references: torchao nvfp4_quantize (if importable) and fp4lab's fake-quantize."""
+    """torch.compile'd references: torchao nvfp4_quantize (if importable) and fp4lab's fake-quantize.
+
+    dynamic=False: each shape gets its own static compile. By default the second shape recompiles with
+    symbolic sizes, and those kernels were about 4x slower (H100, 2026-11-23: torchao 8192x4096 646.5 us
+    after 8192x8192; formats fake 8192x8192 1713.7 us after 8192x4096;
+    results/quantize-h100-2026-11-23-s15-dynamic-baselines.json).
+    """
     from fp4lab import formats
 
     out = {}
@@ -162,7 +168,7 @@ def baselines():
         def torchao_q(x):
             return nvfp4_quantize(x, 16, per_tensor_amax_to_scale(x.abs().amax()))
 
-        out["torchao nvfp4_quantize (compiled)"] = torch.compile(torchao_q)
+        out["torchao nvfp4_quantize (compiled)"] = torch.compile(torchao_q, dynamic=False)
     except Exception as err:  # noqa: BLE001 - report why the baseline is missing, keep benchmarking
         print(f"torchao baseline unavailable: {err!r}", file=sys.stderr)
 
@@ -176,8 +182,8 @@ def baselines():
         t = (x.T.float().unflatten(-1, (-1, 16)) @ h).flatten(-2).to(torch.bfloat16)
         return formats.fake_quantize(t, "nvfp4", nonfinite="propagate")
 
-    out["fp4lab.formats fake-quantize (compiled)"] = torch.compile(fake_ref)
-    out["fp4lab.formats rht+columnwise fake-quantize (compiled)"] = torch.compile(fake_rht_ref)
+    out["fp4lab.formats fake-quantize (compiled)"] = torch.compile(fake_ref, dynamic=False)
+    out["fp4lab.formats rht+columnwise fake-quantize (compiled)"] = torch.compile(fake_rht_ref, dynamic=False)
     return out
 
 
