@@ -227,8 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # transformers imports torchao whenever it is installed (fp4lab's test extra pulls it in). With a torch
     # build its CUDA extensions were not made for (a CPU-only one, say) torchao logs "Failed to load ..."
-    # for each of them: four such lines in `fp4lab compare`. fp4lab never calls torchao, so they only alarm
+    # for each of them, and newer torch warns about two of torchao's pytree registrations: eight lines in
+    # `fp4lab compare`. fp4lab never calls torchao or registers pytrees, so they only alarm
     logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):

@@ -21,3 +21,4 @@ def test_describe_prints_the_table_without_third_party_noise():
     assert out.returncode == 0, out.stderr
     assert "linear layers quantized" in out.stdout
     assert "Failed to load" not in out.stdout + out.stderr
+    assert "register_constant" not in out.stdout + out.stderr  # torch's deprecation note on torchao's pytrees
