@@ -124,13 +124,14 @@ def sass_report(ms) -> None:
     seen = set()
     for m in ms:
         for cfg in w4a16.candidates(m, 4096, 4096):
-            key = (cfg.kind, cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages)
+            key = (cfg.kind, cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages, cfg.prefetch)
             if cfg.kind == "cublas" or key in seen:
                 continue
             seen.add(key)
             if cfg.kind == "gemv":
                 fn, const = w4a16._w4a16_gemv_kernel, dict(BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                                                           HAS_BIAS=False, ASM=True, EVEN=True)
+                                                           HAS_BIAS=False, ASM=True, EVEN=True,
+                                                           PREFETCH=bool(cfg.prefetch))
             elif cfg.kind in ("swap", "swap8"):
                 fn, const = w4a16._w4a16_swap_kernel, dict(
                     BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=False,
@@ -157,7 +158,8 @@ def sass_report(ms) -> None:
                 r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z0-9_.]+)", "\n".join(lines[lo:hi + 1])))
             per_thread = cfg.block_n * cfg.block_k / (32 * cfg.num_warps)
             mem = {k: ops[k] for k in ("STS", "LDS", "BAR", "STL", "LDL") if ops.get(k)}
-            print(f"{cfg.kind:5s} {cfg.block_m:3d}x{cfg.block_n:4d}x{cfg.block_k:3d} w{cfg.num_warps} s{cfg.num_stages}: "
+            print(f"{cfg.kind:5s} {cfg.block_m:3d}x{cfg.block_n:4d}x{cfg.block_k:3d} w{cfg.num_warps} s{cfg.num_stages}"
+                  f"{' pf' if cfg.prefetch else '   '}: "
                   f"{sum(ops.values()) / per_thread:5.2f} SASS instr per weight element per thread; "
                   f"smem {c.metadata.shared} B; {mem}", flush=True)
 

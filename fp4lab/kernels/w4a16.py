@@ -189,13 +189,42 @@ def _gemv_block(w, x_ptrs, mask, ASM: tl.constexpr):
 
 
 @triton.jit
+def _gemv_tiles(w_ptr, s_ptr, k0, offs_b, offs_n, n_mask, N, KB, EVEN: tl.constexpr):
+    """The two word tiles and the scale codes of the 16-blocks k0 // 16 + offs_b (block b is words 2b, 2b + 1)."""
+    b = k0 // 16 + offs_b
+    w_ptrs = w_ptr + (2 * b)[:, None] * N + offs_n[None, :]
+    s_ptrs = s_ptr + b[:, None] * N + offs_n[None, :]
+    if EVEN:  # K % BLOCK_K == 0 and N % BLOCK_N == 0: no masks, no selects
+        w0 = tl.load(w_ptrs, eviction_policy="evict_first")
+        w1 = tl.load(w_ptrs + N, eviction_policy="evict_first")
+        sb = tl.load(s_ptrs, eviction_policy="evict_first")
+    else:
+        mask = (b < KB)[:, None] & n_mask[None, :]
+        w0 = tl.load(w_ptrs, mask=mask, other=0, eviction_policy="evict_first")
+        w1 = tl.load(w_ptrs + N, mask=mask, other=0, eviction_policy="evict_first")
+        sb = tl.load(s_ptrs, mask=mask, other=0, eviction_policy="evict_first")
+    return w0, w1, sb
+
+
+@triton.jit
+def _gemv_step(acc, w0, w1, sb, x_ptr, k0, offs_b, KB, EVEN: tl.constexpr, ASM: tl.constexpr):
+    b = k0 // 16 + offs_b
+    b_mask = None if EVEN else b < KB
+    part = _gemv_block(w0, x_ptr + 16 * b, b_mask, ASM) + _gemv_block(w1, x_ptr + 16 * b + 8, b_mask, ASM)
+    return acc + part * _scale_f32(sb)
+
+
+@triton.jit
 def _w4a16_gemv_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr,
                        M, N, K, stride_xm, stride_ym, split_k,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr,
-                       EVEN: tl.constexpr):
+                       EVEN: tl.constexpr, PREFETCH: tl.constexpr):
     """CUDA-core path for one row of x (M = 1): each thread owns columns, so words load coalesced along N
     and the K sum stays in registers until the end; x[k] is a broadcast (GemLite's GEMV layout).
-    The two words of a 16-block are loaded as separate tiles so that each scale is decoded once."""
+    The two words of a 16-block are loaded as separate tiles so that each scale is decoded once.
+    A tall tile (BLOCK_K up to 2048) splits K across the warps of one program, whose partial sums meet
+    in tl.sum through shared memory: 2.5 us less per layer than split-K's global reduction on an H100
+    (benchmarks/w4a16.md, v8). PREFETCH loads the next K step's tiles before this step's math."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -204,25 +233,22 @@ def _w4a16_gemv_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_
     KB = K // 16
     k_start, k_end = _split_k_range(pid_k, K, split_k, BLOCK_K)
     acc = tl.zeros((BLOCK_K // 16, BLOCK_N), dtype=tl.float32)
-    for k0 in range(k_start, k_end, BLOCK_K):
-        b = k0 // 16 + offs_b  # 16-blocks; block b is words 2b and 2b + 1
-        w_ptrs = w_ptr + (2 * b)[:, None] * N + offs_n[None, :]
-        s_ptrs = s_ptr + b[:, None] * N + offs_n[None, :]
-        if EVEN:  # K % BLOCK_K == 0 and N % BLOCK_N == 0: no masks, no selects
-            w0 = tl.load(w_ptrs, eviction_policy="evict_first")
-            w1 = tl.load(w_ptrs + N, eviction_policy="evict_first")
-            sb = tl.load(s_ptrs, eviction_policy="evict_first")
-            part = (_gemv_block(w0, x_ptr + 16 * b, None, ASM)
-                    + _gemv_block(w1, x_ptr + 16 * b + 8, None, ASM))
-        else:
-            b_mask = b < KB
-            mask = b_mask[:, None] & n_mask[None, :]
-            w0 = tl.load(w_ptrs, mask=mask, other=0, eviction_policy="evict_first")
-            w1 = tl.load(w_ptrs + N, mask=mask, other=0, eviction_policy="evict_first")
-            sb = tl.load(s_ptrs, mask=mask, other=0, eviction_policy="evict_first")
-            part = (_gemv_block(w0, x_ptr + 16 * b, b_mask, ASM)
-                    + _gemv_block(w1, x_ptr + 16 * b + 8, b_mask, ASM))
-        acc += part * _scale_f32(sb)
+    if PREFETCH:
+        # the last step re-reads its own tiles (cache hits) instead of branching; an empty split (k_start >= K)
+        # reads in range when EVEN and is masked otherwise
+        last = k_start + ((k_end - k_start - 1) // BLOCK_K) * BLOCK_K
+        if EVEN:
+            last = tl.minimum(last, K - BLOCK_K)
+        w0, w1, sb = _gemv_tiles(w_ptr, s_ptr, tl.minimum(k_start, last), offs_b, offs_n, n_mask, N, KB, EVEN)
+        for k0 in range(k_start, k_end, BLOCK_K):
+            nw0, nw1, nsb = _gemv_tiles(w_ptr, s_ptr, tl.minimum(k0 + BLOCK_K, last), offs_b, offs_n, n_mask, N,
+                                        KB, EVEN)
+            acc = _gemv_step(acc, w0, w1, sb, x_ptr, k0, offs_b, KB, EVEN, ASM)
+            w0, w1, sb = nw0, nw1, nsb
+    else:
+        for k0 in range(k_start, k_end, BLOCK_K):
+            w0, w1, sb = _gemv_tiles(w_ptr, s_ptr, k0, offs_b, offs_n, n_mask, N, KB, EVEN)
+            acc = _gemv_step(acc, w0, w1, sb, x_ptr, k0, offs_b, KB, EVEN, ASM)
     g = tl.load(g_ptr) * 4194304.0  # 2^22 = 2^14 (e2m1 via FP16) * 2^8 (_scale_f32)
     offs_m = tl.arange(0, 1)
     _epilogue(tl.sum(acc, axis=0)[None, :], g, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, offs_m, offs_n, M, N,
@@ -375,6 +401,7 @@ class Config:
     num_warps: int = 4
     num_stages: int = 2
     group_m: int = 8
+    prefetch: int = 0  # gemv: load the next K step's tiles before this step's math (register double buffer)
 
 
 SCALE_CODE_NAN = 255
@@ -514,7 +541,7 @@ def _launch(cfg: Config, x, words, scales_t, g, bias, y):
             _w4a16_gemv_kernel, (tiles_n, cfg.split_k),
             x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None, ASM=not interpreting(),
-            EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0,
+            EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0, PREFETCH=bool(cfg.prefetch),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif cfg.kind in ("dot", "dot1"):
         launch(
@@ -563,7 +590,17 @@ def candidates(m: int, n: int, k: int, sms: int = 132) -> list[Config]:
     Every config here compiles for sm_90 without register spills (checked with nvdisasm)."""
     out = []
     if m == 1:
-        # num_stages 1: software pipelining (2, 3) measured no faster on an H100 (benchmarks/w4a16.md)
+        # Tall tiles first: K split across a program's warps, no split-K reduction through global memory
+        # (the fastest for all four Llama-3-8B layers on an H100, benchmarks/w4a16.md v8), with and without
+        # the register prefetch; then v6's split-K tiles, which still win where no tall tile divides K.
+        # num_stages 1: Triton's software pipelining (2, 3) measured no faster.
+        for bn, bk, warps in ((16, 2048, 16), (16, 2048, 8), (16, 1024, 8), (32, 512, 4), (32, 1024, 8),
+                              (32, 2048, 16)):
+            bk = min(bk, next_pow2(k))
+            warps = max(1, min(warps, bn * bk // 8 // 128))  # at least 4 words per thread
+            for split in (1, 2) if k >= 2 * bk else (1,):
+                for prefetch in (1, 0):
+                    out.append(Config("gemv", 1, bn, bk, split, warps, 1, prefetch=prefetch))
         for bn, bk in ((64, 256), (128, 256), (256, 128), (64, 512), (32, 256)):
             bk = min(bk, next_pow2(k))
             for waves in (2, 4, 8):

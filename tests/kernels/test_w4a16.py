@@ -58,6 +58,10 @@ def assert_close(y, x, codes, scales, g, bias=None, weight_in_bf16=False):
 CPU_CONFIGS = [
     Config("gemv", 1, 16, 32, 1),
     Config("gemv", 1, 16, 64, 2),
+    Config("gemv", 1, 16, 32, 1, prefetch=1),  # register prefetch: 2-3 K steps, the last re-reads its tiles
+    Config("gemv", 1, 16, 32, 2, prefetch=1),
+    Config("gemv", 1, 16, 64, 4, prefetch=1),  # K = 64: three empty splits (their clamped prefetch stays in range)
+    Config("gemv", 1, 16, 128, 1, 4, prefetch=1),  # a tall tile past K: masked loads only
     Config("dot", 16, 16, 128, 1),
     Config("dot", 16, 32, 128, 2),
     Config("dot1", 16, 16, 128, 2),
@@ -68,7 +72,11 @@ CPU_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("cfg", CPU_CONFIGS, ids=lambda c: "default" if c is None else f"{c.kind}-s{c.split_k}")
+def _cfg_id(c):
+    return "default" if c is None else f"{c.kind}-{c.block_n}x{c.block_k}-s{c.split_k}" + ("-pf" if c.prefetch else "")
+
+
+@pytest.mark.parametrize("cfg", CPU_CONFIGS, ids=_cfg_id)
 @pytest.mark.parametrize("m,n,k", [(1, 48, 64), (1, 40, 96), (3, 40, 96), (17, 32, 64)])
 def test_matches_reference(cfg, m, n, k):
     if cfg is not None and cfg.kind == "gemv" and m > 1:
@@ -114,7 +122,8 @@ def test_zero_scales_and_nan_scale():
         assert torch.isfinite(y[:, others]).all()
 
 
-def test_zero_and_nan_scale_gemv():
+@pytest.mark.parametrize("prefetch", [0, 1])
+def test_zero_and_nan_scale_gemv(prefetch):
     gen = torch.Generator().manual_seed(11)
     codes, scales, g = random_weight(32, 64, gen)
     sb = scales.view(torch.uint8).clone()
@@ -122,7 +131,7 @@ def test_zero_and_nan_scale_gemv():
     sb[9, 2] = 0xFF  # the negative NaN byte is a NaN scale too
     x = torch.randn(1, 64, generator=gen).bfloat16().to(DEV)
     y = w4a16_matmul(x, *to_kernel_layout(codes, sb.view(torch.float8_e4m3fn)), g,
-                     config=Config("gemv", 1, 16, 32, 2)).float().cpu()
+                     config=Config("gemv", 1, 16, 32, 2, prefetch=prefetch)).float().cpu()
     assert (y[0, :8] == 0).all() and torch.isnan(y[0, 9]) and torch.isfinite(y[0, 10:]).all()
 
 
@@ -235,7 +244,9 @@ def test_candidates_are_valid():
 
 # ----------------------------------------------------------------------------------- GPU, large shapes
 
-GPU_CONFIGS = [Config("gemv", 1, 256, 128, 4), Config("gemv", 1, 512, 64, 1), Config("dot", 16, 64, 128, 4),
+GPU_CONFIGS = [Config("gemv", 1, 256, 128, 4), Config("gemv", 1, 512, 64, 1),
+               Config("gemv", 1, 16, 2048, 1, 16, 1, prefetch=1), Config("gemv", 1, 32, 512, 2, 4, 1, prefetch=1),
+               Config("gemv", 1, 16, 1024, 1, 8, 1), Config("dot", 16, 64, 128, 4),
                Config("dot", 64, 128, 128, 2), Config("dot", 128, 128, 128, 1, 8, 3), Config("dot1", 16, 128, 128, 2),
                Config("dot1", 128, 256, 64, 1, 8, 4), Config("swap", 16, 64, 128, 4, 4, 4),
                Config("swap", 64, 128, 256, 2, 8, 3), Config("swap", 256, 128, 128, 1, 8, 2),
@@ -244,7 +255,7 @@ GPU_CONFIGS = [Config("gemv", 1, 256, 128, 4), Config("gemv", 1, 512, 64, 1), Co
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("cfg", GPU_CONFIGS, ids=lambda c: "dispatch" if c is None else
-                         f"{c.kind}-{c.block_m}x{c.block_n}x{c.block_k}-s{c.split_k}")
+                         f"{c.kind}-{c.block_m}x{c.block_n}x{c.block_k}-s{c.split_k}" + ("-pf" if c.prefetch else ""))
 @pytest.mark.parametrize("m", [1, 3, 77, 300])
 def test_gpu_large(cfg, m):
     if cfg is not None and cfg.kind == "gemv" and m > 1:
