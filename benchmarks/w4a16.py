@@ -95,7 +95,8 @@ def bench_shape(name, n, k, ms, bw, args, log):
                    tbps_nvfp4=round((fp4_bytes + io) / t_fp4 / 1e6, 3),
                    tbps_bf16=round((bf16_bytes + io) / t_bf16 / 1e6, 3),
                    config=f"{cfg.kind}:{cfg.block_m}x{cfg.block_n}x{cfg.block_k}/split{cfg.split_k}"
-                          f"/w{cfg.num_warps}/s{cfg.num_stages}" if cfg.kind != "cublas" else "dequant+cublas")
+                          f"/w{cfg.num_warps}/s{cfg.num_stages}{'/pf' if cfg.prefetch else ''}"
+                          if cfg.kind != "cublas" else "dequant+cublas")
         rows.append(row)
         log(f"{name:20s} M={m:5d}  nvfp4 {t_fp4:9.2f} us ({row['tbps_nvfp4']:.2f} TB/s)  bf16 {t_bf16:9.2f} us  "
             f"x{row['speedup_vs_bf16']:.2f}  ideal {ideal:8.2f} us ({row['fraction_of_ideal']:.0%})  {row['config']}")

@@ -731,7 +731,8 @@ def choose_config(x, words, scales_t, g, bias, y) -> Config:
     best = min(times, key=times.get)
     if os.environ.get("FP4LAB_W4A16_DEBUG"):
         print(f"w4a16 tune M={m} N={n} K={k}: " + ", ".join(
-            f"{c.kind}/{c.block_m}x{c.block_n}x{c.block_k}/s{c.split_k}/w{c.num_warps}/st{c.num_stages}:"
+            f"{c.kind}/{c.block_m}x{c.block_n}x{c.block_k}/s{c.split_k}/w{c.num_warps}/st{c.num_stages}"
+            f"{'/pf' if c.prefetch else ''}:"
             f"{t * 1e3:.1f}us" for c, t in sorted(times.items(), key=lambda kv: kv[1])[:5]))
     _CHOICES[key] = best
     if cache:
