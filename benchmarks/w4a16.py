@@ -95,7 +95,7 @@ def bench_shape(name, n, k, ms, bw, args, log):
                    tbps_nvfp4=round((fp4_bytes + io) / t_fp4 / 1e6, 3),
                    tbps_bf16=round((bf16_bytes + io) / t_bf16 / 1e6, 3),
                    config=f"{cfg.kind}:{cfg.block_m}x{cfg.block_n}x{cfg.block_k}/split{cfg.split_k}"
-                          f"/w{cfg.num_warps}/s{cfg.num_stages}{'/pf' if cfg.prefetch else ''}"
+                          f"/w{cfg.num_warps}/s{cfg.num_stages}{'/pf' if getattr(cfg, 'prefetch', 0) else ''}"
                           if cfg.kind != "cublas" else "dequant+cublas")
         rows.append(row)
         log(f"{name:20s} M={m:5d}  nvfp4 {t_fp4:9.2f} us ({row['tbps_nvfp4']:.2f} TB/s)  bf16 {t_bf16:9.2f} us  "
@@ -133,6 +133,10 @@ def sass_report(ms) -> None:
                 fn, const = w4a16._w4a16_gemv_kernel, dict(BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                                                            HAS_BIAS=False, ASM=True, EVEN=True,
                                                            PREFETCH=bool(cfg.prefetch))
+            elif cfg.kind == "gemvm":
+                fn, const = w4a16._w4a16_gemv_rows_kernel, dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                                                                BLOCK_K=cfg.block_k, HAS_BIAS=False, ASM=True,
+                                                                EVEN=True, PREFETCH=bool(cfg.prefetch))
             elif cfg.kind in ("swap", "swap8"):
                 fn, const = w4a16._w4a16_swap_kernel, dict(
                     BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=False,

@@ -10,10 +10,11 @@ Numerics: e2m1 * e4m3 is exact in BF16/FP32, products are accumulated in fp32 an
 in the fp32 epilogue; the output is rounded to BF16 once. So the kernels equal
 `x.double() @ dequant(W).double().T` to 1 BF16 ulp plus fp32 summation error.
 
-Five ways to compute it, picked per (M bucket, N, K) by timing them once on the first call
+Six ways to compute it, picked per (M bucket, N, K) by timing them once on the first call
 (kernels.md §7), the choice cached in memory (and in FP4LAB_W4A16_CACHE, a JSON file, if set):
-* "gemv": CUDA-core FMAs for M = 1, each thread owning columns (K summed in registers, no shuffles),
-          split-K so that all SMs stream weights;
+* "gemv": CUDA-core FMAs for M = 1, each thread owning columns (K summed in registers, no shuffles);
+          tall tiles split K across a program's warps (reduced in shared memory), or split-K so that
+          all SMs stream weights; "gemvm" is the same for 2 or 4 rows of x (M = 2..4);
 * "swap": Y^T = W X^T on BF16 tensor cores, the dequantized weight tile as the left operand (Hopper's
           wgmma reads it from registers) and the tokens as the narrow right one ("swap8": 8 slab dots);
           the fastest path for M = 2..~128 on an H100 (benchmarks/w4a16.md);
@@ -256,6 +257,67 @@ def _w4a16_gemv_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_
 
 
 @triton.jit
+def _gemv_row(acc, w0, w1, scale, x_ptr, stride_xm, row, M, b, KB, EVEN: tl.constexpr, ASM: tl.constexpr):
+    """One row's share of a GEMV step (the nibble decodes are the same pure ops for every row, so the
+    compiler keeps one copy of them); rows past M read x as zeros."""
+    x_row = x_ptr + row * stride_xm
+    mask = (b * 0 + row) < M
+    if not EVEN:
+        mask = mask & (b < KB)
+    part = _gemv_block(w0, x_row + 16 * b, mask, ASM) + _gemv_block(w1, x_row + 16 * b + 8, mask, ASM)
+    return acc + part * scale
+
+
+@triton.jit
+def _w4a16_gemv_rows_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr,
+                            M, N, K, stride_xm, stride_ym, split_k,
+                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                            HAS_BIAS: tl.constexpr, ASM: tl.constexpr, EVEN: tl.constexpr, PREFETCH: tl.constexpr):
+    """The GEMV for BLOCK_M = 2 or 4 rows of x (small-batch decode): _w4a16_gemv_kernel's tiles and loads,
+    one 2-D accumulator per row (a [rows, K, N] tile made Triton move data through shared memory and
+    spill), each weight decoded once and multiplied into every row."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    m0 = tl.program_id(2) * BLOCK_M
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_b = tl.arange(0, BLOCK_K // 16)
+    n_mask = offs_n < N
+    KB = K // 16
+    k_start, k_end = _split_k_range(pid_k, K, split_k, BLOCK_K)
+    acc0 = tl.zeros((BLOCK_K // 16, BLOCK_N), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_K // 16, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_K // 16, BLOCK_N), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_K // 16, BLOCK_N), dtype=tl.float32)
+    last = k_start + ((k_end - k_start - 1) // BLOCK_K) * BLOCK_K
+    if EVEN:
+        last = tl.minimum(last, K - BLOCK_K)
+    w0, w1, sb = _gemv_tiles(w_ptr, s_ptr, tl.minimum(k_start, last), offs_b, offs_n, n_mask, N, KB, EVEN)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        if PREFETCH:
+            nw0, nw1, nsb = _gemv_tiles(w_ptr, s_ptr, tl.minimum(k0 + BLOCK_K, last), offs_b, offs_n, n_mask, N,
+                                        KB, EVEN)
+        else:
+            w0, w1, sb = _gemv_tiles(w_ptr, s_ptr, k0, offs_b, offs_n, n_mask, N, KB, EVEN)
+        b = k0 // 16 + offs_b
+        scale = _scale_f32(sb)
+        acc0 = _gemv_row(acc0, w0, w1, scale, x_ptr, stride_xm, m0 + 0, M, b, KB, EVEN, ASM)
+        acc1 = _gemv_row(acc1, w0, w1, scale, x_ptr, stride_xm, m0 + 1, M, b, KB, EVEN, ASM)
+        if BLOCK_M == 4:
+            acc2 = _gemv_row(acc2, w0, w1, scale, x_ptr, stride_xm, m0 + 2, M, b, KB, EVEN, ASM)
+            acc3 = _gemv_row(acc3, w0, w1, scale, x_ptr, stride_xm, m0 + 3, M, b, KB, EVEN, ASM)
+        if PREFETCH:
+            w0, w1, sb = nw0, nw1, nsb
+    g = tl.load(g_ptr) * 4194304.0  # as _w4a16_gemv_kernel
+    tile = tl.program_id(2) * tl.num_programs(0) + pid_n
+    for r in tl.static_range(BLOCK_M):
+        acc = acc0 if r == 0 else (acc1 if r == 1 else (acc2 if r == 2 else acc3))
+        offs_m = m0 + r + tl.arange(0, 1)
+        # split-K: one counter per (row, tile), so that each row's last program writes that row
+        _epilogue(tl.sum(acc, axis=0)[None, :], g, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, offs_m, offs_n, M, N,
+                  stride_ym, tile * BLOCK_M + r, split_k, HAS_BIAS)
+
+
+@triton.jit
 def _w4a16_dot_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr,
                       M, N, K, stride_xm, stride_ym, split_k,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -390,7 +452,8 @@ def _dequant_t_kernel(w_ptr, s_ptr, g_ptr, out_ptr, N, K,
 
 @dataclass(frozen=True)
 class Config:
-    """One way to run the product. kind: "gemv" | "dot" (8 slab dots) | "dot1" (one dot per tile) |
+    """One way to run the product. kind: "gemv" (M = 1) | "gemvm" (the GEMV for block_m = 2 or 4 rows) | "dot" (8 slab
+    dots) | "dot1" (one dot per tile) |
     "swap" (weights as the left operand, one dot per tile) | "swap8" (the same, 8 slab dots) | "cublas"."""
 
     kind: str
@@ -543,6 +606,13 @@ def _launch(cfg: Config, x, words, scales_t, g, bias, y):
             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None, ASM=not interpreting(),
             EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0, PREFETCH=bool(cfg.prefetch),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    elif cfg.kind == "gemvm":
+        launch(
+            _w4a16_gemv_rows_kernel, (tiles_n, cfg.split_k, tiles_m),
+            x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None,
+            ASM=not interpreting(), EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0, PREFETCH=bool(cfg.prefetch),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif cfg.kind in ("dot", "dot1"):
         launch(
             _w4a16_dot_kernel, (tiles_m * tiles_n, cfg.split_k),
@@ -605,6 +675,13 @@ def candidates(m: int, n: int, k: int, sms: int = 132) -> list[Config]:
             bk = min(bk, next_pow2(k))
             for waves in (2, 4, 8):
                 out.append(Config("gemv", 1, bn, bk, _split_for(cdiv(n, bn), k, bk, sms, waves), 4, 1))
+    if 1 < m <= 4:
+        # the tall GEMV tiles for a few rows: a weight is decoded once for all of them (small-batch decode)
+        for bn, bk, warps in ((16, 2048, 16), (16, 1024, 8), (32, 512, 4), (32, 1024, 8)):
+            bk = min(bk, next_pow2(k))
+            warps = max(1, min(warps, bn * bk // 8 // 128))
+            for prefetch in (1, 0):
+                out.append(Config("gemvm", min(next_pow2(m), 4), bn, bk, 1, warps, 1, prefetch=prefetch))
     bms = [min(max(next_pow2(m), 16), 256)]
     if bms[0] == 256:
         bms.append(128)  # two token tiles per weight tile: dequantized twice, read from HBM once

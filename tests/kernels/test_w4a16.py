@@ -62,6 +62,9 @@ CPU_CONFIGS = [
     Config("gemv", 1, 16, 32, 2, prefetch=1),
     Config("gemv", 1, 16, 64, 4, prefetch=1),  # K = 64: three empty splits (their clamped prefetch stays in range)
     Config("gemv", 1, 16, 128, 1, 4, prefetch=1),  # a tall tile past K: masked loads only
+    Config("gemvm", 4, 16, 32, 1, prefetch=1),  # M = 17: five row tiles, the last masked
+    Config("gemvm", 2, 16, 64, 2),
+    Config("gemvm", 4, 16, 128, 1, 4),
     Config("dot", 16, 16, 128, 1),
     Config("dot", 16, 32, 128, 2),
     Config("dot1", 16, 16, 128, 2),
@@ -73,7 +76,8 @@ CPU_CONFIGS = [
 
 
 def _cfg_id(c):
-    return "default" if c is None else f"{c.kind}-{c.block_n}x{c.block_k}-s{c.split_k}" + ("-pf" if c.prefetch else "")
+    return "default" if c is None else (f"{c.kind}-{c.block_m}x{c.block_n}x{c.block_k}-s{c.split_k}"
+                                        + ("-pf" if c.prefetch else ""))
 
 
 @pytest.mark.parametrize("cfg", CPU_CONFIGS, ids=_cfg_id)
@@ -238,7 +242,8 @@ def test_candidates_are_valid():
             cands = w4a16.candidates(m, n, k)
             assert cands[-1].kind == "cublas" and len(set(cands)) == len(cands)
             for c in cands[:-1]:
-                assert c.kind in ("gemv", "dot", "dot1", "swap", "swap8") and (c.kind != "gemv" or m == 1)
+                assert c.kind in ("gemv", "gemvm", "dot", "dot1", "swap", "swap8") and (c.kind != "gemv" or m == 1)
+                assert c.kind != "gemvm" or (1 < m <= 4 and c.block_m >= m and c.block_m in (2, 4))
                 assert c.split_k & (c.split_k - 1) == 0 and c.split_k * c.block_k <= max(k, c.block_k)
 
 
@@ -246,7 +251,8 @@ def test_candidates_are_valid():
 
 GPU_CONFIGS = [Config("gemv", 1, 256, 128, 4), Config("gemv", 1, 512, 64, 1),
                Config("gemv", 1, 16, 2048, 1, 16, 1, prefetch=1), Config("gemv", 1, 32, 512, 2, 4, 1, prefetch=1),
-               Config("gemv", 1, 16, 1024, 1, 8, 1), Config("dot", 16, 64, 128, 4),
+               Config("gemv", 1, 16, 1024, 1, 8, 1), Config("gemvm", 2, 32, 512, 1, 4, 1, prefetch=1),
+               Config("gemvm", 4, 16, 2048, 1, 16, 1), Config("dot", 16, 64, 128, 4),
                Config("dot", 64, 128, 128, 2), Config("dot", 128, 128, 128, 1, 8, 3), Config("dot1", 16, 128, 128, 2),
                Config("dot1", 128, 256, 64, 1, 8, 4), Config("swap", 16, 64, 128, 4, 4, 4),
                Config("swap", 64, 128, 256, 2, 8, 3), Config("swap", 256, 128, 128, 1, 8, 2),
@@ -256,7 +262,7 @@ GPU_CONFIGS = [Config("gemv", 1, 256, 128, 4), Config("gemv", 1, 512, 64, 1),
 @pytest.mark.gpu
 @pytest.mark.parametrize("cfg", GPU_CONFIGS, ids=lambda c: "dispatch" if c is None else
                          f"{c.kind}-{c.block_m}x{c.block_n}x{c.block_k}-s{c.split_k}" + ("-pf" if c.prefetch else ""))
-@pytest.mark.parametrize("m", [1, 3, 77, 300])
+@pytest.mark.parametrize("m", [1, 2, 3, 77, 300])
 def test_gpu_large(cfg, m):
     if cfg is not None and cfg.kind == "gemv" and m > 1:
         pytest.skip("the gemv kernel takes one row")
