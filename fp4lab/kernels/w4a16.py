@@ -216,6 +216,17 @@ def _gemv_step(acc, w0, w1, sb, x_ptr, k0, offs_b, KB, EVEN: tl.constexpr, ASM: 
 
 
 @triton.jit
+def _last_k_step(k_start, k_end, K, BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+    """The last K step of a split, where the register prefetch stops: the last step re-reads its own
+    tiles (cache hits) instead of branching; an empty split (k_start >= K) reads in range when EVEN and
+    is masked otherwise."""
+    last = k_start + ((k_end - k_start - 1) // BLOCK_K) * BLOCK_K
+    if EVEN:
+        last = tl.minimum(last, K - BLOCK_K)
+    return last
+
+
+@triton.jit
 def _w4a16_gemv_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr,
                        M, N, K, stride_xm, stride_ym, split_k,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr,
@@ -235,11 +246,7 @@ def _w4a16_gemv_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_
     k_start, k_end = _split_k_range(pid_k, K, split_k, BLOCK_K)
     acc = tl.zeros((BLOCK_K // 16, BLOCK_N), dtype=tl.float32)
     if PREFETCH:
-        # the last step re-reads its own tiles (cache hits) instead of branching; an empty split (k_start >= K)
-        # reads in range when EVEN and is masked otherwise
-        last = k_start + ((k_end - k_start - 1) // BLOCK_K) * BLOCK_K
-        if EVEN:
-            last = tl.minimum(last, K - BLOCK_K)
+        last = _last_k_step(k_start, k_end, K, BLOCK_K, EVEN)
         w0, w1, sb = _gemv_tiles(w_ptr, s_ptr, tl.minimum(k_start, last), offs_b, offs_n, n_mask, N, KB, EVEN)
         for k0 in range(k_start, k_end, BLOCK_K):
             nw0, nw1, nsb = _gemv_tiles(w_ptr, s_ptr, tl.minimum(k0 + BLOCK_K, last), offs_b, offs_n, n_mask, N,
@@ -288,10 +295,9 @@ def _w4a16_gemv_rows_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr,
     acc1 = tl.zeros((BLOCK_K // 16, BLOCK_N), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_K // 16, BLOCK_N), dtype=tl.float32)
     acc3 = tl.zeros((BLOCK_K // 16, BLOCK_N), dtype=tl.float32)
-    last = k_start + ((k_end - k_start - 1) // BLOCK_K) * BLOCK_K
-    if EVEN:
-        last = tl.minimum(last, K - BLOCK_K)
-    w0, w1, sb = _gemv_tiles(w_ptr, s_ptr, tl.minimum(k_start, last), offs_b, offs_n, n_mask, N, KB, EVEN)
+    if PREFETCH:
+        last = _last_k_step(k_start, k_end, K, BLOCK_K, EVEN)
+        w0, w1, sb = _gemv_tiles(w_ptr, s_ptr, tl.minimum(k_start, last), offs_b, offs_n, n_mask, N, KB, EVEN)
     for k0 in range(k_start, k_end, BLOCK_K):
         if PREFETCH:
             nw0, nw1, nsb = _gemv_tiles(w_ptr, s_ptr, tl.minimum(k0 + BLOCK_K, last), offs_b, offs_n, n_mask, N,
