@@ -599,7 +599,9 @@ def _launch(cfg: Config, x, words, scales_t, g, bias, y):
     tiles_m = cdiv(m, cfg.block_m)
     tiles_n = cdiv(n, cfg.block_n)
     if cfg.split_k > 1:
-        ws, cnt = _workspace(x.device, m * n, tiles_m * tiles_n)
+        # gemvm counts each row of a tile separately (its epilogue runs once per row)
+        counters = tiles_m * tiles_n * (cfg.block_m if cfg.kind == "gemvm" else 1)
+        ws, cnt = _workspace(x.device, m * n, counters)
     else:
         ws, cnt = g, g.view(torch.int32)  # unused
     b = bias if bias is not None else g
