@@ -227,6 +227,15 @@ def _last_k_step(k_start, k_end, K, BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
 
 
 @triton.jit
+def _gemv_ranges(pid_n, pid_k, N, K, split_k, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """A GEMV program's columns (offs_n, n_mask), its 16-block offsets within a K step (offs_b), the number of
+    16-blocks (KB) and its split's K range [k_start, k_end)."""
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_start, k_end = _split_k_range(pid_k, K, split_k, BLOCK_K)
+    return offs_n, tl.arange(0, BLOCK_K // 16), offs_n < N, K // 16, k_start, k_end
+
+
+@triton.jit
 def _w4a16_gemv_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr,
                        M, N, K, stride_xm, stride_ym, split_k,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr,
@@ -239,11 +248,7 @@ def _w4a16_gemv_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_
     (benchmarks/w4a16.md, v8). PREFETCH loads the next K step's tiles before this step's math."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_b = tl.arange(0, BLOCK_K // 16)
-    n_mask = offs_n < N
-    KB = K // 16
-    k_start, k_end = _split_k_range(pid_k, K, split_k, BLOCK_K)
+    offs_n, offs_b, n_mask, KB, k_start, k_end = _gemv_ranges(pid_n, pid_k, N, K, split_k, BLOCK_N, BLOCK_K)
     acc = tl.zeros((BLOCK_K // 16, BLOCK_N), dtype=tl.float32)
     if PREFETCH:
         last = _last_k_step(k_start, k_end, K, BLOCK_K, EVEN)
@@ -286,11 +291,7 @@ def _w4a16_gemv_rows_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr,
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     m0 = tl.program_id(2) * BLOCK_M
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_b = tl.arange(0, BLOCK_K // 16)
-    n_mask = offs_n < N
-    KB = K // 16
-    k_start, k_end = _split_k_range(pid_k, K, split_k, BLOCK_K)
+    offs_n, offs_b, n_mask, KB, k_start, k_end = _gemv_ranges(pid_n, pid_k, N, K, split_k, BLOCK_N, BLOCK_K)
     acc0 = tl.zeros((BLOCK_K // 16, BLOCK_N), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_K // 16, BLOCK_N), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_K // 16, BLOCK_N), dtype=tl.float32)
