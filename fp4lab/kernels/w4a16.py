@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import torch
@@ -591,7 +592,8 @@ def dequantize_kernel_layout(words, scales_t, g, dtype=torch.bfloat16) -> torch.
     return out
 
 
-def _launch(cfg: Config, x, words, scales_t, g, bias, y):
+def _launch(cfg: Config, x, words, scales_t, g, bias, y, run=launch):
+    """Run `cfg` (run=launch), or hand its kernel, grid and arguments to another `run` (precompile)."""
     m, k = x.shape
     n = words.shape[1]
     if cfg.kind == "cublas":
@@ -609,21 +611,21 @@ def _launch(cfg: Config, x, words, scales_t, g, bias, y):
     if cfg.kind == "gemv":
         if m != 1:
             raise ValueError(f"w4a16: the gemv kernel takes one row of x, got M={m}")
-        launch(
+        run(
             _w4a16_gemv_kernel, (tiles_n, cfg.split_k),
             x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None, ASM=not interpreting(),
             EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0, PREFETCH=bool(cfg.prefetch),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif cfg.kind == "gemvm":
-        launch(
+        run(
             _w4a16_gemv_rows_kernel, (tiles_n, cfg.split_k, tiles_m),
             x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None,
             ASM=not interpreting(), EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0, PREFETCH=bool(cfg.prefetch),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif cfg.kind in ("dot", "dot1"):
-        launch(
+        run(
             _w4a16_dot_kernel, (tiles_m * tiles_n, cfg.split_k),
             x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
@@ -632,7 +634,7 @@ def _launch(cfg: Config, x, words, scales_t, g, bias, y):
             EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif cfg.kind in ("swap", "swap8"):
-        launch(
+        run(
             _w4a16_swap_kernel, (tiles_m * tiles_n, cfg.split_k),
             x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
@@ -782,6 +784,31 @@ def _time(cfg, x, copies, g, bias, y, reps=5) -> float:
     return sorted(s.elapsed_time(e) for s, e in zip(starts, ends))[reps // 2] / len(copies)
 
 
+def _precompile(cands, x, words, scales_t, g, bias, y) -> None:
+    """Compile the candidates' kernels on a thread pool before timing them. Compiling is most of a first
+    call's cost (25 s for M=1's candidates on an H100 with an empty Triton cache, benchmarks/w4a16.md
+    session 17), and Triton's async compile mode (Triton >= 3.4) runs the compiles concurrently.
+    A config that fails to compile is left for the timing loop to skip. FP4LAB_W4A16_PRECOMPILE=0 turns
+    this off."""
+    if os.environ.get("FP4LAB_W4A16_PRECOMPILE") == "0":
+        return
+    try:
+        from triton.runtime._async_compile import AsyncCompileMode
+    except ImportError:  # pragma: no cover - older Triton: compiles happen one by one while timing
+        return
+
+    def warm(kernel, grid, *args, **kwargs):
+        kernel.warmup(*args, grid=grid, **kwargs)
+
+    todo = [c for c in cands if c.kind != "cublas"]
+    if len(todo) < 2:
+        return
+    with ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1, 16)) as pool, \
+            AsyncCompileMode(pool, ignore_errors=True):
+        for cfg in todo:
+            _launch(cfg, x, words, scales_t, g, bias, y, run=warm)
+
+
 def choose_config(x, words, scales_t, g, bias, y) -> Config:
     """Measured dispatch: time every candidate once per (M bucket, N, K) in CUDA-graph replay over
     rotating weight copies (cold L2) and keep the fastest.
@@ -803,6 +830,7 @@ def choose_config(x, words, scales_t, g, bias, y) -> Config:
     if torch.cuda.is_current_stream_capturing():
         # no timing inside a capture; no split-K either, whose workspace might have to be allocated now
         return dataclasses.replace(cands[0], split_k=1)
+    _precompile(cands, x, words, scales_t, g, bias, y)
     copies = _tuning_copies(words, scales_t)
     times = {}
     for cfg in cands:

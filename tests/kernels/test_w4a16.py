@@ -287,3 +287,33 @@ def test_gpu_odd_n_and_bias():
         y = w4a16_matmul(x, *to_kernel_layout(codes, scales), g, bias)
         cfg = w4a16._CHOICES[w4a16._key(m, n, k, x.device, True)]
         assert_close(y, x, codes, scales, g, bias, weight_in_bf16=cfg.kind == "cublas")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 8])
+def test_gpu_precompile_leaves_nothing_to_compile(m):
+    """The dispatcher compiles every candidate on a thread pool before timing them: launching them
+    afterwards must not compile anything (Triton calls jit_cache_hook only on a cache miss)."""
+    import triton
+    if not hasattr(getattr(triton, "knobs", None), "runtime") or not hasattr(triton.knobs.runtime, "jit_cache_hook"):
+        pytest.skip("Triton < 3.4: no async compile mode")
+    n, k = 1040, 1024 + 48  # a shape no other test compiles for
+    gen = torch.Generator().manual_seed(m)
+    codes, scales, g = random_weight(n, k, gen)
+    words, scales_t = to_kernel_layout(codes, scales)
+    x = torch.randn(m, k, generator=gen).bfloat16().cuda()
+    y = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
+    g = g.cuda()
+    cands = [c for c in w4a16.candidates(m, n, k) if c.kind != "cublas"]
+    w4a16._precompile(cands, x, words, scales_t, g, None, y)
+    misses = []
+    old = triton.knobs.runtime.jit_cache_hook
+    triton.knobs.runtime.jit_cache_hook = lambda *a, **kw: misses.append(kw.get("key", a[:1])) and False
+    try:
+        for cfg in cands:
+            w4a16._launch(cfg, x, words, scales_t, g, None, y)
+        torch.cuda.synchronize()
+    finally:
+        triton.knobs.runtime.jit_cache_hook = old
+    assert not misses, f"{len(misses)} of {len(cands)} candidates compiled at launch"
+    assert_close(y, x, codes, scales, g)
