@@ -124,7 +124,7 @@ def sass_report(ms) -> None:
     from triton.compiler import ASTSource
 
     ptrs = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*u8", "g_ptr": "*fp32", "bias_ptr": "*fp32",
-            "y_ptr": "*bf16", "ws_ptr": "*fp32", "wsi_ptr": "*i32", "cnt_ptr": "*i32"}
+            "y_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32"}
     ints = {"M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_ym": "i32", "split_k": "i32"}
     nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/nvdisasm")
     seen = set()

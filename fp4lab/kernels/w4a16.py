@@ -22,9 +22,10 @@ Six ways to compute it, picked per (M bucket, N, K) by timing them once on the f
           optional split-K;
 * "dot1": the same tile as one [BK, BN] operand (slabs joined; x gathered in the matching K order);
 * "cublas": dequantize W once to BF16 and call F.linear (cuBLAS), the large-M fallback.
-Split-K programs add fp32 partials into a workspace; the last program of a tile (an atomic counter)
-reads and zeroes the workspace and writes y, so one launch does everything and the workspace is left
-clean (CUDA-graph replay safe, no host sync).
+Split-K programs store fp32 partials in their own slices of a workspace; the last program of a tile
+(an atomic counter) sums them in split order and writes y, so one launch does everything, the result
+does not depend on arrival order, and the counters are left at zero (CUDA-graph replay safe, no host
+sync).
 
 Dequantization (kernels.md §7.1) never uses a float8 cast (the interpreter's are wrong,
 triton-interpreter.md) and handles two nibbles per integer op: nibbles j and j+4 of a word go to the
@@ -148,28 +149,36 @@ def _split_k_range(pid_k, K, split_k, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _epilogue(acc, g, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_ym, tile_id,
+def _store_y(out, g, bias_ptr, y_ptrs, offs_n, N, mask, HAS_BIAS: tl.constexpr):
+    out = out * g
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptrs, out.to(tl.bfloat16), mask=mask)
+
+
+@triton.jit
+def _epilogue(acc, g, bias_ptr, y_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_ym, tile_id, pid_k,
               split_k, HAS_BIAS: tl.constexpr):
-    """Scale by g, add bias, store BF16; with split-K, reduce through the self-cleaning workspace."""
+    """Scale by g, add bias, store BF16. With split-K, every split stores its fp32 partial in its own slice
+    of the workspace with plain stores, and the last of a tile's programs to arrive (an atomic counter)
+    sums the slices in split order (deterministic) and writes y. fp32 atomics into one shared slice cost
+    more than the K loop on small layers at M >= 32 (a 64 x 64 tile is 4096 atomics per program)."""
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     if split_k == 1:
-        out = acc * g
-        if HAS_BIAS:
-            out += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-        tl.store(y_ptrs, out.to(tl.bfloat16), mask=mask)
+        _store_y(acc, g, bias_ptr, y_ptrs, offs_n, N, mask, HAS_BIAS)
     else:
         ws_off = offs_m[:, None] * N + offs_n[None, :]
-        tl.atomic_add(ws_ptr + ws_off, acc, mask=mask, sem="relaxed")
-        tl.debug_barrier()  # every thread's partial is in L2 before the counter is released
+        mn = M * N
+        tl.store(ws_ptr + pid_k * mn + ws_off, acc, mask=mask)
+        tl.debug_barrier()  # every thread's partial is stored before the counter is released
         count = tl.atomic_add(cnt_ptr + tile_id, 1, sem="acq_rel")
         if count == split_k - 1:
-            # read-and-zero at L2 in one atomic; int32 view because the interpreter has no fp32 xchg
-            bits = tl.atomic_xchg(wsi_ptr + ws_off, tl.zeros_like(acc).to(tl.int32), mask=mask)
-            out = bits.to(tl.float32, bitcast=True) * g
-            if HAS_BIAS:
-                out += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-            tl.store(y_ptrs, out.to(tl.bfloat16), mask=mask)
+            out = tl.zeros_like(acc)
+            for s in range(0, split_k):
+                # .cg reads at L2: this SM's L1 may still hold workspace lines from an earlier call
+                out += tl.load(ws_ptr + s * mn + ws_off, mask=mask, other=0.0, cache_modifier=".cg")
+            _store_y(out, g, bias_ptr, y_ptrs, offs_n, N, mask, HAS_BIAS)
             tl.atomic_xchg(cnt_ptr + tile_id, 0)
 
 
@@ -237,7 +246,7 @@ def _gemv_ranges(pid_n, pid_k, N, K, split_k, BLOCK_N: tl.constexpr, BLOCK_K: tl
 
 
 @triton.jit
-def _w4a16_gemv_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr,
+def _w4a16_gemv_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
                        M, N, K, stride_xm, stride_ym, split_k,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr,
                        EVEN: tl.constexpr, PREFETCH: tl.constexpr):
@@ -265,8 +274,8 @@ def _w4a16_gemv_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_
             acc = _gemv_step(acc, w0, w1, sb, x_ptr, k0, offs_b, KB, EVEN, ASM)
     g = tl.load(g_ptr) * 4194304.0  # 2^22 = 2^14 (e2m1 via FP16) * 2^8 (_scale_f32)
     offs_m = tl.arange(0, 1)
-    _epilogue(tl.sum(acc, axis=0)[None, :], g, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, offs_m, offs_n, M, N,
-              stride_ym, pid_n, split_k, HAS_BIAS)
+    _epilogue(tl.sum(acc, axis=0)[None, :], g, bias_ptr, y_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, M, N,
+              stride_ym, pid_n, pid_k, split_k, HAS_BIAS)
 
 
 @triton.jit
@@ -282,7 +291,7 @@ def _gemv_row(acc, w0, w1, scale, x_ptr, stride_xm, row, M, b, KB, EVEN: tl.cons
 
 
 @triton.jit
-def _w4a16_gemv_rows_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr,
+def _w4a16_gemv_rows_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
                             M, N, K, stride_xm, stride_ym, split_k,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                             HAS_BIAS: tl.constexpr, ASM: tl.constexpr, EVEN: tl.constexpr, PREFETCH: tl.constexpr):
@@ -321,12 +330,12 @@ def _w4a16_gemv_rows_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr,
         acc = acc0 if r == 0 else (acc1 if r == 1 else (acc2 if r == 2 else acc3))
         offs_m = m0 + r + tl.arange(0, 1)
         # split-K: one counter per (row, tile), so that each row's last program writes that row
-        _epilogue(tl.sum(acc, axis=0)[None, :], g, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, offs_m, offs_n, M, N,
-                  stride_ym, tile * BLOCK_M + r, split_k, HAS_BIAS)
+        _epilogue(tl.sum(acc, axis=0)[None, :], g, bias_ptr, y_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, M, N,
+                  stride_ym, tile * BLOCK_M + r, pid_k, split_k, HAS_BIAS)
 
 
 @triton.jit
-def _w4a16_dot_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr,
+def _w4a16_dot_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
                       M, N, K, stride_xm, stride_ym, split_k,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr,
@@ -380,12 +389,12 @@ def _w4a16_dot_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_p
                 acc = _dot(xl, lo, acc, DOT_FP32)
                 acc = _dot(xh, hi, acc, DOT_FP32)
     g = tl.load(g_ptr) * 65536.0  # 2^16, see _pair_bf16
-    _epilogue(acc, g, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_ym,
-              pid_m * num_n + pid_n, split_k, HAS_BIAS)
+    _epilogue(acc, g, bias_ptr, y_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_ym,
+              pid_m * num_n + pid_n, pid_k, split_k, HAS_BIAS)
 
 
 @triton.jit
-def _w4a16_swap_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr,
+def _w4a16_swap_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
                        M, N, K, stride_xm, stride_ym, split_k,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr, ONE_DOT: tl.constexpr,
@@ -435,8 +444,8 @@ def _w4a16_swap_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, wsi_
                 acc = _dot(lo, xl, acc, DOT_FP32)
                 acc = _dot(hi, xh, acc, DOT_FP32)
     g = tl.load(g_ptr) * 65536.0  # 2^16, see _pair_bf16
-    _epilogue(tl.trans(acc), g, bias_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_ym,
-              pid_m * num_n + pid_n, split_k, HAS_BIAS)
+    _epilogue(tl.trans(acc), g, bias_ptr, y_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_ym,
+              pid_m * num_n + pid_n, pid_k, split_k, HAS_BIAS)
 
 
 @triton.jit
@@ -563,9 +572,13 @@ _WORKSPACES: dict = {}
 _RETIRED: list = []  # outgrown workspaces stay allocated: CUDA graphs captured earlier still point at them
 
 
+MAX_WORKSPACE_FLOATS = 1 << 24  # 64 MiB of split-K partial sums at most
+
+
 def _workspace(device, numel: int, tiles: int):
-    """fp32 partial sums and int32 tile counters, zero between calls (the kernels clean up after
-    themselves). One per device: calls on concurrent streams of one device must not use split-K."""
+    """fp32 partial sums (one [M, N] slice per split) and int32 tile counters; the counters are zero
+    between calls (each tile's last program resets its own). One per device: calls on concurrent
+    streams of one device must not use split-K."""
     ws, cnt = _WORKSPACES.get(device, (None, None))
     if ws is None or ws.numel() < numel or cnt.numel() < tiles:
         if ws is not None:
@@ -604,7 +617,7 @@ def _launch(cfg: Config, x, words, scales_t, g, bias, y, run=launch):
     if cfg.split_k > 1:
         # gemvm counts each row of a tile separately (its epilogue runs once per row)
         counters = tiles_m * tiles_n * (cfg.block_m if cfg.kind == "gemvm" else 1)
-        ws, cnt = _workspace(x.device, m * n, counters)
+        ws, cnt = _workspace(x.device, cfg.split_k * m * n, counters)
     else:
         ws, cnt = g, g.view(torch.int32)  # unused
     b = bias if bias is not None else g
@@ -613,21 +626,21 @@ def _launch(cfg: Config, x, words, scales_t, g, bias, y, run=launch):
             raise ValueError(f"w4a16: the gemv kernel takes one row of x, got M={m}")
         run(
             _w4a16_gemv_kernel, (tiles_n, cfg.split_k),
-            x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
+            x, words, scales_t, g, b, y, ws, cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None, ASM=not interpreting(),
             EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0, PREFETCH=bool(cfg.prefetch),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif cfg.kind == "gemvm":
         run(
             _w4a16_gemv_rows_kernel, (tiles_n, cfg.split_k, tiles_m),
-            x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
+            x, words, scales_t, g, b, y, ws, cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None,
             ASM=not interpreting(), EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0, PREFETCH=bool(cfg.prefetch),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif cfg.kind in ("dot", "dot1"):
         run(
             _w4a16_dot_kernel, (tiles_m * tiles_n, cfg.split_k),
-            x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
+            x, words, scales_t, g, b, y, ws, cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
             HAS_BIAS=bias is not None, DOT_FP32=interpreting(), ONE_DOT=cfg.kind == "dot1", ASM=not interpreting(),
             BF16X2=os.environ.get("FP4LAB_W4A16_SAFE_DEQUANT") != "1",
@@ -636,7 +649,7 @@ def _launch(cfg: Config, x, words, scales_t, g, bias, y, run=launch):
     elif cfg.kind in ("swap", "swap8"):
         run(
             _w4a16_swap_kernel, (tiles_m * tiles_n, cfg.split_k),
-            x, words, scales_t, g, b, y, ws, ws.view(torch.int32), cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
+            x, words, scales_t, g, b, y, ws, cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
             HAS_BIAS=bias is not None, DOT_FP32=interpreting(), ONE_DOT=cfg.kind == "swap", ASM=not interpreting(),
             BF16X2=os.environ.get("FP4LAB_W4A16_SAFE_DEQUANT") != "1",
@@ -661,9 +674,7 @@ def _swap_specs(bm: int) -> list[tuple[int, int, int, int]]:
     the shared memory (all compile for sm_90 without spills; 256 x 64 with 4 warps spills, so it is left out)."""
     if bm <= 64:
         return [(64, 128, 4, 4), (64, 256, 4, 3), (128, 128, 4, 4), (128, 128, 8, 4)]
-    if bm == 128:
-        return [(64, 128, 4, 3), (128, 128, 8, 3)]
-    return [(128, 128, 8, 2)]
+    return [(64, 128, 4, 3), (128, 128, 8, 3)]
 
 
 def candidates(m: int, n: int, k: int, sms: int = 132) -> list[Config]:
@@ -693,9 +704,12 @@ def candidates(m: int, n: int, k: int, sms: int = 132) -> list[Config]:
             warps = max(1, min(warps, bn * bk // 8 // 128))
             for prefetch in (1, 0):
                 out.append(Config("gemvm", min(next_pow2(m), 4), bn, bk, 1, warps, 1, prefetch=prefetch))
-    bms = [min(max(next_pow2(m), 16), 256)]
-    if bms[0] == 256:
-        bms.append(128)  # two token tiles per weight tile: dequantized twice, read from HBM once
+    # from 128 tokens also 64-token tiles: each weight tile is dequantized twice or more but read from
+    # HBM once, and small layers get more programs. (A 256-token tile last won in v5; with the split-K
+    # slices of _epilogue its loop spills registers, so it is no longer a candidate.)
+    bms = [min(max(next_pow2(m), 16), 128)]
+    if bms[0] == 128:
+        bms.append(64)
     for bm in bms:
         for bn, bk, warps, stages in _swap_specs(bm):
             bk = min(bk, next_pow2(k))
@@ -710,6 +724,8 @@ def candidates(m: int, n: int, k: int, sms: int = 132) -> list[Config]:
         for kind, bm, bn in (("dot", 128, 128), ("dot", 128, 256)):
             out.append(Config(kind, bm, bn, 128, 1, 8, 3))
     out.append(Config("cublas"))
+    # split-K keeps one fp32 [M, N] slice per split (_epilogue): bound the workspace
+    out = [c for c in out if c.split_k == 1 or c.split_k * m * n <= MAX_WORKSPACE_FLOATS]
     return list(dict.fromkeys(out))
 
 
