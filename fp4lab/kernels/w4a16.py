@@ -677,7 +677,8 @@ def _swap_specs(bm: int) -> list[tuple[int, int, int, int]]:
         # programs of 4 warps (9% achieved occupancy on Llama's qkv at M = 64, ncu, w4a16.md session 18)
         return [(64, 128, 4, 4), (64, 256, 4, 3), (128, 128, 4, 4), (128, 128, 8, 4)] + (
             [(64, 128, 4, 2), (64, 128, 4, 3)] if bm == 64 else [])
-    return [(64, 128, 4, 3), (128, 128, 8, 3)]
+    # 2 stages too: 3 stages of 128 tokens take 117-135 KB of shared memory, one program per SM
+    return [(64, 128, 4, 3), (128, 128, 8, 3), (64, 128, 4, 2), (128, 128, 8, 2)]
 
 
 def candidates(m: int, n: int, k: int, sms: int = 132) -> list[Config]:
