@@ -673,11 +673,12 @@ def _swap_specs(bm: int) -> list[tuple[int, int, int, int]]:
     [BN, BK] tile and the [BN, bm] accumulator share the registers, and bm x BK x stages BF16 tokens
     the shared memory (all compile for sm_90 without spills; 256 x 64 with 4 warps spills, so it is left out)."""
     if bm <= 64:
-        # 64 x 64 tiles: half the registers of the dequantized tile, so more programs per SM (1.74x against
-        # 1.64x BF16 for the Llama layer at M = 8, w4a16.md session 18). Fewer stages for 64 tokens: 4 stages take 89 KB of shared memory, which holds an SM to two
-        # programs of 4 warps (9% achieved occupancy on Llama's qkv at M = 64, ncu, w4a16.md session 18)
-        return [(64, 128, 4, 4), (64, 256, 4, 3), (128, 128, 4, 4), (128, 128, 8, 4), (64, 64, 4, 4), (64, 64, 4, 6)] + (
-            [(64, 128, 4, 2), (64, 128, 4, 3)] if bm == 64 else [])
+        # 64 x 64 tiles: half the registers of the dequantized tile, so more programs per SM (the Llama layer
+        # at M = 8: 1.74x against 1.64x BF16). Fewer stages for 64 tokens: 4 stages take 89 KB of shared
+        # memory, which holds an SM to two programs of 4 warps (9% achieved occupancy on Llama's qkv at
+        # M = 64 by ncu). Both in w4a16.md, session 18.
+        specs = [(64, 128, 4, 4), (64, 256, 4, 3), (128, 128, 4, 4), (128, 128, 8, 4), (64, 64, 4, 4), (64, 64, 4, 6)]
+        return specs + ([(64, 128, 4, 2), (64, 128, 4, 3)] if bm == 64 else [])
     # 2 stages too: 3 stages of 128 tokens take 117-135 KB of shared memory, one program per SM
     return [(64, 128, 4, 3), (128, 128, 8, 3), (64, 128, 4, 2), (128, 128, 8, 2)]
 
