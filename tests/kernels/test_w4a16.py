@@ -69,6 +69,7 @@ CPU_CONFIGS = [
     Config("dot", 16, 32, 128, 2),
     Config("dot1", 16, 16, 128, 2),
     Config("swap", 16, 16, 128, 2),
+    Config("swap", 16, 16, 64, 4),  # the 64 x 64 tile's K step; split-K over 4 slices (K = 96: one empty)
     Config("swap8", 16, 16, 128, 1),
     Config("cublas"),
     None,  # the default path
@@ -257,6 +258,7 @@ GPU_CONFIGS = [Config("gemv", 1, 256, 128, 4), Config("gemv", 1, 512, 64, 1),
                Config("dot", 64, 128, 128, 2), Config("dot", 128, 128, 128, 1, 8, 3), Config("dot1", 16, 128, 128, 2),
                Config("dot1", 128, 256, 64, 1, 8, 4), Config("swap", 16, 64, 128, 4, 4, 4),
                Config("swap", 64, 128, 256, 2, 8, 3), Config("swap", 256, 128, 128, 1, 8, 2),
+               Config("swap", 16, 64, 64, 8, 4, 6), Config("swap", 64, 64, 128, 4, 4, 2),
                Config("swap8", 32, 64, 128, 2, 4, 3), Config("cublas"), None]
 
 
