@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from _timing import replay_ms  # benchmarks/_timing.py (the script's folder is on sys.path)
 
 TTFT_REPEATS = 5  # time to first token: median of this many timed prefills after the warm-up one
 
@@ -144,15 +145,7 @@ def bench_variant(model, a, batches, prompt, steps, log, out):
             if not torch.equal(pfirst, first):
                 log(f"  batch {bsz}: note: the graph-replayed prefill picked other first tokens than eager "
                     f"({int((pfirst != first).sum())} of {bsz}; split-K summation order)")
-            gtimes = []
-            for _ in range(TTFT_REPEATS):
-                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                e0.record()
-                pgraph.replay()
-                e1.record()
-                e1.synchronize()
-                gtimes.append(e0.elapsed_time(e1))
-            ttft_graph_ms = statistics.median(gtimes)
+            ttft_graph_ms = replay_ms(pgraph, TTFT_REPEATS)
             del pgraph
             tok = first.view(bsz, 1).clone()
             pos = torch.full((1,), prompt, dtype=torch.long, device="cuda")
@@ -183,8 +176,8 @@ def bench_variant(model, a, batches, prompt, steps, log, out):
                    inter_token_ms=round(itl_ms, 3),
                    tokens_per_s=round(bsz * 1e3 / itl_ms, 1))
         out.append(row)
-        log(f"  batch {bsz:3d}: TTFT ({prompt}-token prompt) {ttft_ms:8.2f} ms (graph {ttft_graph_ms:.2f})   inter-token {itl_ms:7.3f} ms   "
-            f"{row['tokens_per_s']:9.1f} tokens/s")
+        log(f"  batch {bsz:3d}: TTFT ({prompt}-token prompt) {ttft_ms:8.2f} ms (graph {ttft_graph_ms:.2f})   "
+            f"inter-token {itl_ms:7.3f} ms   {row['tokens_per_s']:9.1f} tokens/s")
         del graph, caches
         torch.cuda.empty_cache()
 
@@ -228,10 +221,11 @@ def main(argv=None):
         v = res["variants"]
         if "bf16" in v and "nvfp4" in v:
             b, q = v["bf16"], v["nvfp4"]
-            res["speedup_tokens_per_s"] = {r["batch"]: round(s["tokens_per_s"] / r["tokens_per_s"], 3)
-                                           for r, s in zip(b["rows"], q["rows"])}
-            res["ttft_graph_nvfp4_over_bf16"] = {r["batch"]: round(s["ttft_graph_ms"] / r["ttft_graph_ms"], 3)
-                                                 for r, s in zip(b["rows"], q["rows"])}
+            def nvfp4_over_bf16(key):  # per batch size
+                return {r["batch"]: round(s[key] / r[key], 3) for r, s in zip(b["rows"], q["rows"])}
+
+            res["speedup_tokens_per_s"] = nvfp4_over_bf16("tokens_per_s")
+            res["ttft_graph_nvfp4_over_bf16"] = nvfp4_over_bf16("ttft_graph_ms")
             res["weight_memory_ratio"] = round(q["weight_gb"] / b["weight_gb"], 3)
             res["linear_weight_memory_ratio"] = round(q["linear_weight_gb"] / b["linear_weight_gb"], 3)
         with open(out, "w") as f:  # after every measurement, so a cut-off run keeps what it measured
@@ -246,8 +240,8 @@ def main(argv=None):
         res["variants"][variant] = dict(weight_gb=round(weight_bytes(model) / 1e9, 3),
                                         linear_weight_gb=round(weight_bytes(model, True) / 1e9, 3), rows=[])
         bench_variant(model, a, batches, args.prompt, args.steps, save, res["variants"][variant]["rows"])
-    print(json.dumps({k: res.get(k) for k in ("speedup_tokens_per_s", "ttft_graph_nvfp4_over_bf16", "weight_memory_ratio",
-                                              "linear_weight_memory_ratio")}))
+    print(json.dumps({k: res.get(k) for k in ("speedup_tokens_per_s", "ttft_graph_nvfp4_over_bf16",
+                                              "weight_memory_ratio", "linear_weight_memory_ratio")}))
     print(f"wrote {out}")
 
 

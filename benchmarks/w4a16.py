@@ -99,7 +99,7 @@ def bench_shape(name, n, k, ms, bw, args, log):
                    tbps_nvfp4=round((fp4_bytes + io) / t_fp4 / 1e6, 3),
                    tbps_bf16=round((bf16_bytes + io) / t_bf16 / 1e6, 3),
                    config=f"{cfg.kind}:{cfg.block_m}x{cfg.block_n}x{cfg.block_k}/split{cfg.split_k}"
-                          f"/w{cfg.num_warps}/s{cfg.num_stages}{'/pf' if getattr(cfg, 'prefetch', 0) else ''}"
+                          f"/w{cfg.num_warps}/s{cfg.num_stages}{'/pf' if cfg.prefetch else ''}"
                           if cfg.kind != "cublas" else "dequant+cublas")
         rows.append(row)
         log(f"{name:20s} M={m:5d}  nvfp4 {t_fp4:9.2f} us ({row['tbps_nvfp4']:.2f} TB/s)  bf16 {t_bf16:9.2f} us  "
