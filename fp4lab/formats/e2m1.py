@@ -19,11 +19,12 @@ def round_to_e2m1(y: torch.Tensor, rounding: str = "nearest", generator: torch.G
     """E2M1 codes (uint8, unpacked) of fp32 values `y`, saturating at ±6.
 
     "nearest": round to nearest, ties to the even code (spec §1.2 decision table).
-    "stochastic": round up with probability (|y| - lo) / (hi - lo) between the two neighbouring grid
-    points, u ~ U[0, 1) from `torch.rand(generator=...)`; grid points never move. TE's software model
-    uses 8 random bits per element (p quantized to 1/256); we use fp32 uniforms so the expectation is
-    exact to 2^-24. The Triton kernels draw 16 bits per element (p rounded to the nearest 2^-16,
-    kernels.numerics.e2m1_stochastic_bits), the same distribution to that resolution but not the same draws.
+    "stochastic": TE's software model of Blackwell's cvt.rs (spec §1.4): with u = r / 256, r 8 uniform
+    random bits from `torch.randint(generator=...)`, round up when p + u >= 1, p = (|y| - lo) / (hi - lo)
+    between the two neighbouring grid points; so P(up) = floor(256 p) / 256 (p = 0.2 gives 51/256, biased
+    towards zero by < 1/256 of a step, as on the hardware) and grid points never move. The Triton kernels
+    apply the same rule to their own Philox bits (kernels.numerics.e2m1_stochastic_bits): the same
+    distribution, not the same draws.
     The sign bit is copied from y, so -0.0 and small negatives that round to zero give 0x8 (as torchao,
     ml_dtypes and CUDA's conversion model do; TE's reference gives 0x0 for an exact -0.0).
     """
@@ -34,8 +35,10 @@ def round_to_e2m1(y: torch.Tensor, rounding: str = "nearest", generator: torch.G
         # grid spacing is 0.5 below 2, 1 in [2, 4), 2 in [4, 6]; all powers of two, so exact
         step = torch.where(a < 2.0, 0.5, torch.where(a < 4.0, 1.0, 2.0))
         lo = torch.floor(a / step) * step
-        u = torch.rand(a.shape, generator=generator, device=a.device, dtype=torch.float32)
-        a = torch.where(u < (a - lo) / step, lo + step, lo).clamp(max=E2M1_MAX)
+        r = torch.randint(256, a.shape, generator=generator, device=a.device, dtype=torch.int32)
+        # exact in float64: p has at most 24 significant bits and r + 256 p at most 33
+        up = r.double() + 256.0 * ((a - lo) / step).double() >= 256.0
+        a = torch.where(up, lo + step, lo).clamp(max=E2M1_MAX)
     elif rounding != "nearest":
         raise ValueError(f"rounding must be 'nearest' or 'stochastic', got {rounding!r}")
     # the magnitude code counts the bin edges at or below |y|; '>' vs '>=' makes every tie go to the even code

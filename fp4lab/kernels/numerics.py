@@ -101,28 +101,27 @@ def e2m1_round(y):
 
 @triton.jit
 def e2m1_stochastic_bits(a, r):
-    """Stochastic rounding of a = |y| on the E2M1 grid (saturating at 6, NaN -> 0) with 16 random bits r
-    (0..65535) per element; returns (bits, small): the fp32 bits of the result, or of result + 1 where
-    small (a < 1).
+    """Stochastic rounding of a = |y| on the E2M1 grid (saturating at 6, NaN -> 0) with 8 random bits r
+    (0..255) per element, TE's software model of Blackwell's cvt.rs (nvfp4-spec.md §1.4): round up when
+    p + r / 256 >= 1, p the fractional position between the two neighbours, so P(up) = floor(256 p) / 256.
+    Returns (bits, small): the fp32 bits of the result, or of result + 1 where small (a < 1).
 
-    From 1 up the grid keeps one mantissa bit: adding r at the top of the 22 dropped bits, with half a
-    unit below it, and truncating rounds up exactly when the dropped fraction plus r / 2^16 reaches 1,
-    i.e. with probability p (the fractional position between the two neighbours) rounded to the
-    nearest multiple of 2^-16. A carry moves to the next binade; grid points, whose dropped bits are 0,
-    never move. Below 1 the grid is k * 0.5, the one-bit grid of a + 1 in [1, 2); a + 1 is exact to
-    2^-24, so p there is off by at most 2^-23 more.
+    From 1 up the grid keeps one mantissa bit and p is the 22 dropped bits: adding r at their top and
+    truncating is that rule exactly. A carry moves to the next binade; grid points, whose dropped bits
+    are 0, never move. Below 1 the grid is k * 0.5, the one-bit grid of a + 1 in [1, 2); a + 1 is
+    rounded to 2^-23, which moves P(up) only where a is within 2^-24 of a multiple of 2^-9.
     """
     a = e2m1_clamp(a)
     small = a < 1.0
     f = tl.where(small, a + 1.0, a)
-    bits = (f.to(tl.int32, bitcast=True) + ((r << 6) | 32)) & -4194304
+    bits = (f.to(tl.int32, bitcast=True) + (r << 14)) & -4194304
     return bits, small
 
 
 @triton.jit
 def e2m1_encode(y, r, STOCHASTIC: tl.constexpr):
     """E2M1 code (int32 0..15) of fp32 y: sign bit copied from y (so -0.0 -> 0x8, as the reference).
-    STOCHASTIC: rounded with the element's 16 random bits r (e2m1_stochastic_bits)."""
+    STOCHASTIC: rounded with the element's 8 random bits r (e2m1_stochastic_bits)."""
     sign = (y.to(tl.int32, bitcast=True) >> 31) & 1
     if STOCHASTIC:
         bits, small = e2m1_stochastic_bits(tl.abs(y), r)
@@ -309,14 +308,16 @@ def sr_random_bits(seed, seed_ptr, r0, c0, Cp, BR: tl.constexpr, BC: tl.constexp
 
 @triton.jit
 def random_tile(seed, r0, c0, Cp, BR: tl.constexpr, BC: tl.constexpr):
-    """16 random bits (int32 0..65535) per element of the tile at (r0, c0) of a [*, Cp] grid, a function of
-    the element's position only. One Philox call gives 128 bits and covers eight neighbouring elements
-    of a row: Philox was most of SR's cost when each call gave four fp32 uniforms."""
+    """8 random bits (int32 0..255) per element of the tile at (r0, c0) of a [*, Cp] grid (Cp and BC multiples
+    of 16), a function of the element's position only. One Philox call gives 128 bits and covers 16
+    neighbouring elements of a row; Philox was most of SR's cost (8 bits per element is also what
+    Blackwell's cvt.rs consumes, nvfp4-spec.md §1.4)."""
     rows = r0 + tl.arange(0, BR)
-    octets = c0 // 8 + tl.arange(0, BC // 8)
-    w0, w1, w2, w3 = tl.randint4x(seed, rows[:, None] * (Cp // 8) + octets[None, :])
-    w = tl.join(tl.join(w0, w1), tl.join(w2, w3)).to(tl.int32, bitcast=True)  # [BR, BC/8, 2, 2]
-    return tl.reshape(tl.join(w & 0xFFFF, (w >> 16) & 0xFFFF), [BR, BC])
+    groups = c0 // 16 + tl.arange(0, BC // 16)
+    w0, w1, w2, w3 = tl.randint4x(seed, rows[:, None] * (Cp // 16) + groups[None, :])
+    w = tl.join(tl.join(w0, w1), tl.join(w2, w3)).to(tl.int32, bitcast=True)  # [BR, BC/16, 2, 2]
+    b = tl.join(tl.join(w & 0xFF, (w >> 8) & 0xFF), tl.join((w >> 16) & 0xFF, (w >> 24) & 0xFF))
+    return tl.reshape(b, [BR, BC])
 
 
 @triton.jit
