@@ -671,7 +671,7 @@ def _split_for(tiles: int, k: int, block_k: int, sms: int, waves: int = 2) -> in
 def _swap_specs(bm: int) -> list[tuple[int, int, int, int]]:
     """(BLOCK_N, BLOCK_K, num_warps, num_stages) of the swapped kernel for a token tile of bm: the dequantized
     [BN, BK] tile and the [BN, bm] accumulator share the registers, and bm x BK x stages BF16 tokens
-    the shared memory (all compile for sm_90 without spills; 256 x 64 with 4 warps spills, so it is left out)."""
+    the shared memory (all compile for sm_90 without spills, checked with `benchmarks/w4a16.py --sass`)."""
     if bm <= 64:
         # 64 x 64 tiles: half the registers of the dequantized tile, so more programs per SM (the Llama layer
         # at M = 8: 1.74x against 1.64x BF16). Fewer stages for 64 tokens: 4 stages take 89 KB of shared
@@ -679,6 +679,10 @@ def _swap_specs(bm: int) -> list[tuple[int, int, int, int]]:
         # M = 64 by ncu). Both in w4a16.md, session 18.
         specs = [(64, 128, 4, 4), (64, 256, 4, 3), (128, 128, 4, 4), (128, 128, 8, 4), (64, 64, 4, 4), (64, 64, 4, 6)]
         return specs + ([(64, 128, 4, 2), (64, 128, 4, 3)] if bm == 64 else [])
+    if bm == 256:
+        # only with 64-deep K steps: the 128-deep ones spill registers since the split-K slices of _epilogue.
+        # Where it wins (w4a16.md, session 19): gate_up and down from M = 256, e.g. Llama's gate_up 173 -> 134 us
+        return [(128, 64, 8, 3), (64, 64, 4, 3)]
     # 2 stages too: 3 stages of 128 tokens take 117-135 KB of shared memory, one program per SM. 64-deep K
     # steps: half the registers of the dequantized tile; 9-18% faster on the gate_up and down layers at
     # M = 128-256 (w4a16.md, session 19)
@@ -714,11 +718,13 @@ def candidates(m: int, n: int, k: int, sms: int = 132) -> list[Config]:
             for prefetch in (1, 0):
                 out.append(Config("gemvm", min(next_pow2(m), 4), bn, bk, 1, warps, 1, prefetch=prefetch))
     # from 128 tokens also 64-token tiles: each weight tile is dequantized twice or more but read from
-    # HBM once, and small layers get more programs. (A 256-token tile last won in v5; with the split-K
-    # slices of _epilogue its loop spills registers, so it is no longer a candidate.)
+    # HBM once, and small layers get more programs; past 128 tokens also 256-token tiles, which dequantize
+    # each weight tile half as often
     bms = [min(max(next_pow2(m), 16), 128)]
     if bms[0] == 128:
         bms.append(64)
+    if m > 128:
+        bms.append(256)
     for bm in bms:
         for bn, bk, warps, stages in _swap_specs(bm):
             bk = min(bk, next_pow2(k))
