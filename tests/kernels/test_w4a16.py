@@ -261,6 +261,7 @@ GPU_CONFIGS = [Config("gemv", 1, 256, 128, 4), Config("gemv", 1, 512, 64, 1),
                Config("swap", 16, 64, 64, 8, 4, 6), Config("swap", 64, 64, 128, 4, 4, 2),
                Config("swap", 128, 128, 64, 1, 8, 4), Config("swap", 128, 64, 64, 2, 4, 3),
                Config("swap", 256, 128, 64, 1, 8, 3), Config("swap", 256, 64, 64, 4, 4, 3),
+               Config("swap", 64, 128, 64, 1, 4, 4), Config("swap", 128, 128, 64, 2, 4, 4),
                Config("swap8", 32, 64, 128, 2, 4, 3), Config("cublas"), None]
 
 
