@@ -620,41 +620,27 @@ def _launch(cfg: Config, x, words, scales_t, g, bias, y, run=launch):
         ws, cnt = _workspace(x.device, cfg.split_k * m * n, counters)
     else:
         ws, cnt = g, g.view(torch.int32)  # unused
-    b = bias if bias is not None else g
+    args = (x, words, scales_t, g, bias if bias is not None else g, y, ws, cnt, m, n, k, x.stride(0), y.stride(0),
+            cfg.split_k)
+    common = dict(BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None, ASM=not interpreting(),
+                  EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0, num_warps=cfg.num_warps,
+                  num_stages=cfg.num_stages)
     if cfg.kind == "gemv":
         if m != 1:
             raise ValueError(f"w4a16: the gemv kernel takes one row of x, got M={m}")
-        run(
-            _w4a16_gemv_kernel, (tiles_n, cfg.split_k),
-            x, words, scales_t, g, b, y, ws, cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
-            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None, ASM=not interpreting(),
-            EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0, PREFETCH=bool(cfg.prefetch),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    elif cfg.kind == "gemvm":
-        run(
-            _w4a16_gemv_rows_kernel, (tiles_n, cfg.split_k, tiles_m),
-            x, words, scales_t, g, b, y, ws, cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None,
-            ASM=not interpreting(), EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0, PREFETCH=bool(cfg.prefetch),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    elif cfg.kind in ("dot", "dot1"):
-        run(
-            _w4a16_dot_kernel, (tiles_m * tiles_n, cfg.split_k),
-            x, words, scales_t, g, b, y, ws, cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-            HAS_BIAS=bias is not None, DOT_FP32=interpreting(), ONE_DOT=cfg.kind == "dot1", ASM=not interpreting(),
-            BF16X2=os.environ.get("FP4LAB_W4A16_SAFE_DEQUANT") != "1",
-            EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        run(_w4a16_gemv_kernel, (tiles_n, cfg.split_k), *args, PREFETCH=bool(cfg.prefetch), **common)
+        return y
+    if cfg.kind == "gemvm":
+        run(_w4a16_gemv_rows_kernel, (tiles_n, cfg.split_k, tiles_m), *args, BLOCK_M=cfg.block_m,
+            PREFETCH=bool(cfg.prefetch), **common)
+        return y
+    common.update(BLOCK_M=cfg.block_m, DOT_FP32=interpreting(),
+                  BF16X2=os.environ.get("FP4LAB_W4A16_SAFE_DEQUANT") != "1")
+    if cfg.kind in ("dot", "dot1"):
+        run(_w4a16_dot_kernel, (tiles_m * tiles_n, cfg.split_k), *args, GROUP_M=cfg.group_m,
+            ONE_DOT=cfg.kind == "dot1", **common)
     elif cfg.kind in ("swap", "swap8"):
-        run(
-            _w4a16_swap_kernel, (tiles_m * tiles_n, cfg.split_k),
-            x, words, scales_t, g, b, y, ws, cnt, m, n, k, x.stride(0), y.stride(0), cfg.split_k,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-            HAS_BIAS=bias is not None, DOT_FP32=interpreting(), ONE_DOT=cfg.kind == "swap", ASM=not interpreting(),
-            BF16X2=os.environ.get("FP4LAB_W4A16_SAFE_DEQUANT") != "1",
-            EVEN=k % cfg.block_k == 0 and n % cfg.block_n == 0,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        run(_w4a16_swap_kernel, (tiles_m * tiles_n, cfg.split_k), *args, ONE_DOT=cfg.kind == "swap", **common)
     else:
         raise ValueError(f"w4a16: unknown config kind {cfg.kind!r}")
     return y
