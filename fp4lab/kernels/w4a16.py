@@ -21,7 +21,8 @@ Six ways to compute it, picked per (M bucket, N, K) by timing them once on the f
 * "dot":  BF16 tensor-core tl.dot of 8 weight slabs (nibble j of every word) dequantized in registers,
           optional split-K;
 * "dot1": the same tile as one [BK, BN] operand (slabs joined; x gathered in the matching K order);
-* "cublas": dequantize W once to BF16 and call F.linear (cuBLAS), the large-M fallback.
+* "cublas": dequantize W once to BF16 and call F.linear (cuBLAS), the large-M fallback; W^T [K, N]
+          ("cublas") or W [N, K] ("cublas_rows"), whichever cuBLAS runs faster for the shape.
 Split-K programs store fp32 partials in their own slices of a workspace; the last program of a tile
 (an atomic counter) sums them in split order and writes y, so one launch does everything, the result
 does not depend on arrival order, and the counters are left at zero (CUDA-graph replay safe, no host
@@ -463,6 +464,35 @@ def _dequant_t_kernel(w_ptr, s_ptr, g_ptr, out_ptr, N, K,
         tl.store(out_ptr + (8 * r + j)[:, None] * N + offs_n[None, :], v.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _dequant_rows_kernel(w_ptr, s_ptr, g_ptr, out_ptr, N, K,
+                         BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    """out[n, k] (W as nn.Linear keeps it) = e2m1 * fp32(scale * g), rounded once; the same numbers as
+    _dequant_t_kernel, transposed on chip so that both the loads and the stores coalesce."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (r < K // 8)[:, None] & (offs_n < N)[None, :]
+    w = tl.load(w_ptr + r[:, None] * N + offs_n[None, :], mask=mask, other=0)
+    sb = tl.load(s_ptr + (r // 2)[:, None] * N + offs_n[None, :], mask=mask, other=0)
+    f = ((_scale_f32(sb) * 256.0) * tl.load(g_ptr)) * 16384.0
+    dt = out_ptr.dtype.element_ty
+    v0 = (_nibble_to_f32(w) * f).to(dt)
+    v1 = (_nibble_to_f32(w >> 4) * f).to(dt)
+    v2 = (_nibble_to_f32(w >> 8) * f).to(dt)
+    v3 = (_nibble_to_f32(w >> 12) * f).to(dt)
+    v4 = (_nibble_to_f32(w >> 16) * f).to(dt)
+    v5 = (_nibble_to_f32(w >> 20) * f).to(dt)
+    v6 = (_nibble_to_f32(w >> 24) * f).to(dt)
+    v7 = (_nibble_to_f32(w >> 28) * f).to(dt)
+    # join adds a trailing axis, so the last join picks bit 0 of the nibble index: [R, N, 2, 2, 2] holds
+    # nibble 4a + 2b + c at [.., a, b, c], the K order of a word once [N, R, 8] is flattened
+    t = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
+    t = tl.reshape(tl.permute(t, (1, 0, 2, 3, 4)), (BLOCK_N, 8 * BLOCK_R))
+    offs_k = tl.program_id(0) * 8 * BLOCK_R + tl.arange(0, 8 * BLOCK_R)
+    tl.store(out_ptr + offs_n[:, None] * K + offs_k[None, :], t,
+             mask=(offs_n < N)[:, None] & (offs_k < K)[None, :])
+
+
 # ---------------------------------------------------------------------------------------------
 # host side: checks, workspace, configs, the measured dispatcher
 
@@ -471,7 +501,8 @@ def _dequant_t_kernel(w_ptr, s_ptr, g_ptr, out_ptr, N, K,
 class Config:
     """One way to run the product. kind: "gemv" (M = 1) | "gemvm" (the GEMV for block_m = 2 or 4 rows) | "dot" (8 slab
     dots) | "dot1" (one dot per tile) |
-    "swap" (weights as the left operand, one dot per tile) | "swap8" (the same, 8 slab dots) | "cublas"."""
+    "swap" (weights as the left operand, one dot per tile) | "swap8" (the same, 8 slab dots) | "cublas" |
+    "cublas_rows" (dequantize + cuBLAS, W^T or W dense)."""
 
     kind: str
     block_m: int = 1
@@ -605,13 +636,28 @@ def dequantize_kernel_layout(words, scales_t, g, dtype=torch.bfloat16) -> torch.
     return out
 
 
+def dequantize_rows(words, scales_t, g, dtype=torch.bfloat16) -> torch.Tensor:
+    """Dense W [N, Kp] (nn.Linear's layout), the same numbers as dequantize_kernel_layout(...).t()."""
+    kw, n = words.shape
+    if not words.is_cuda and not interpreting():
+        return dequantize_kernel_layout(words, scales_t, g, dtype).t().contiguous()
+    out = torch.empty(n, 8 * kw, dtype=dtype, device=words.device)
+    br, bn = 16, 64
+    launch(_dequant_rows_kernel, (cdiv(kw, br), cdiv(n, bn)), words, scales_t, g, out, n, 8 * kw,
+           BLOCK_R=br, BLOCK_N=bn)
+    return out
+
+
 def _launch(cfg: Config, x, words, scales_t, g, bias, y, run=launch):
     """Run `cfg` (run=launch), or hand its kernel, grid and arguments to another `run` (precompile)."""
     m, k = x.shape
     n = words.shape[1]
-    if cfg.kind == "cublas":
-        wt = dequantize_kernel_layout(words, scales_t, g, torch.bfloat16)
-        return torch.nn.functional.linear(x, wt.t(), None if bias is None else bias.to(torch.bfloat16))
+    if cfg.kind in ("cublas", "cublas_rows"):
+        # two layouts of the dense weight: cuBLAS's kernel for [N, K] (nn.Linear's, the BF16 baseline's)
+        # and for [K, N] differ by up to 12% in either direction (benchmarks/w4a16.md, session 20)
+        w = (dequantize_rows(words, scales_t, g) if cfg.kind == "cublas_rows"
+             else dequantize_kernel_layout(words, scales_t, g, torch.bfloat16).t())
+        return torch.nn.functional.linear(x, w, None if bias is None else bias.to(torch.bfloat16))
     tiles_m = cdiv(m, cfg.block_m)
     tiles_n = cdiv(n, cfg.block_n)
     if cfg.split_k > 1:
@@ -727,6 +773,8 @@ def candidates(m: int, n: int, k: int, sms: int = 132) -> list[Config]:
         for kind, bm, bn in (("dot", 128, 128), ("dot", 128, 256)):
             out.append(Config(kind, bm, bn, 128, 1, 8, 3))
     out.append(Config("cublas"))
+    if m >= 128:
+        out.append(Config("cublas_rows"))
     # split-K keeps one fp32 [M, N] slice per split (_epilogue): bound the workspace
     out = [c for c in out if c.split_k == 1 or c.split_k * m * n <= MAX_WORKSPACE_FLOATS]
     return list(dict.fromkeys(out))
@@ -819,7 +867,7 @@ def _precompile(cands, x, words, scales_t, g, bias, y) -> None:
     def warm(kernel, grid, *args, **kwargs):
         kernel.warmup(*args, grid=grid, **kwargs)
 
-    todo = [c for c in cands if c.kind != "cublas"]
+    todo = [c for c in cands if not c.kind.startswith("cublas")]
     if len(todo) < 2:
         return
     with ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1, 16)) as pool, \

@@ -13,7 +13,8 @@ import torch
 from fp4lab.formats.e2m1 import E2M1_VALUES
 from fp4lab.kernels import w4a16
 from fp4lab.kernels.w4a16 import (
-    Config, dequantize_kernel_layout, from_kernel_layout, to_kernel_layout, w4a16_linear, w4a16_matmul,
+    Config, dequantize_kernel_layout, dequantize_rows, from_kernel_layout, to_kernel_layout, w4a16_linear,
+    w4a16_matmul,
 )
 
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"
@@ -46,7 +47,7 @@ def reference(x, codes, scales, g, bias=None):
 
 
 def assert_close(y, x, codes, scales, g, bias=None, weight_in_bf16=False):
-    """weight_in_bf16: the "cublas" path rounds the dense weight to BF16 first (2^-9 relative per weight)."""
+    """weight_in_bf16: the "cublas" paths round the dense weight to BF16 first (2^-9 relative per weight)."""
     ref, bound = reference(x, codes, scales, g, bias)
     ulp = 2.0 ** (-7 if INTERP else -8)
     tol = ulp * ref.abs() + (x.shape[1] * 2.0 ** -24 + (2.0 ** -8 if weight_in_bf16 else 0.0)) * bound + 1e-30
@@ -72,8 +73,13 @@ CPU_CONFIGS = [
     Config("swap", 16, 16, 64, 4),  # the 64 x 64 tile's K step; split-K over 4 slices (K = 96: one empty)
     Config("swap8", 16, 16, 128, 1),
     Config("cublas"),
+    Config("cublas_rows"),
     None,  # the default path
 ]
+
+
+def dense(cfg):
+    return cfg is not None and cfg.kind in ("cublas", "cublas_rows")
 
 
 def _cfg_id(c):
@@ -92,7 +98,7 @@ def test_matches_reference(cfg, m, n, k):
     bias = torch.randn(n, generator=gen).bfloat16().to(DEV) if m == 3 else None
     y = w4a16_matmul(x, *to_kernel_layout(codes, scales), g, bias, config=cfg)
     assert y.shape == (m, n) and y.dtype == torch.bfloat16
-    assert_close(y, x, codes, scales, g, bias, weight_in_bf16=cfg is not None and cfg.kind == "cublas")
+    assert_close(y, x, codes, scales, g, bias, weight_in_bf16=dense(cfg))
 
 
 @pytest.mark.parametrize("cfg", [Config("gemv", 1, 16, 32, 2), Config("dot", 16, 16, 128, 2),
@@ -118,7 +124,8 @@ def test_zero_scales_and_nan_scale():
     sb[20, 1] = 0x7F  # NaN scale propagates to that row only
     scales = sb.view(torch.float8_e4m3fn)
     x = torch.randn(2, k, generator=gen).bfloat16().to(DEV)
-    for cfg in (Config("dot", 16, 16, 128, 2), Config("dot1", 16, 16, 128, 1), Config("swap", 16, 16, 128, 2), None):
+    for cfg in (Config("dot", 16, 16, 128, 2), Config("dot1", 16, 16, 128, 1), Config("swap", 16, 16, 128, 2),
+                Config("cublas_rows"), None):
         y = w4a16_matmul(x, *to_kernel_layout(codes, scales), g, config=cfg).float().cpu()
         assert (y[:, :16] == 0).all()
         assert torch.isnan(y[:, 20]).all()
@@ -202,6 +209,26 @@ def test_dequantize_matches_formats_bit_exact():
     assert torch.equal(ours.cpu().t()[:, :72], t.dequantize(torch.float32))
 
 
+@pytest.mark.parametrize("n,k", [(48, 80), (70, 144), (64, 2048 + 16)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_dequantize_rows_is_the_transpose(n, k, dtype):
+    """W [N, K] (transposed on chip in Triton, also under the interpreter) equals W^T [K, N] transposed,
+    bit for bit (on the GPU; fp32 under the interpreter): N and K/8 not multiples of the tile, zero and
+    NaN scales."""
+    gen = torch.Generator().manual_seed(n + k)
+    codes, scales, g = random_weight(n, k, gen)
+    sb = scales.view(torch.uint8).clone()
+    sb[3, 2] = 0x7F
+    words, scales_t = to_kernel_layout(codes, sb.view(torch.float8_e4m3fn))
+    rows = dequantize_rows(words, scales_t, g, dtype)
+    assert rows.shape == (n, k) and rows.dtype == dtype and rows.is_contiguous()
+    ref = dequantize_kernel_layout(words, scales_t, g, dtype).t()
+    # the interpreter truncates fp32 -> bf16 where torch rounds (module docstring): 1 ulp there
+    tol = 2.0 ** -7 if INTERP and dtype == torch.bfloat16 else 0.0
+    torch.testing.assert_close(rows.float(), ref.float(), rtol=tol, atol=0, equal_nan=True)
+    assert torch.isnan(rows[3, 32:48]).all() and torch.isfinite(rows[3, :32]).all()
+
+
 def test_against_quantize_nvfp4_unpadded_k():
     """A real quantized weight with K = 40 (padded to 48): w4a16_linear pads x and matches dequantize()."""
     from fp4lab.formats.nvfp4 import quantize_nvfp4
@@ -238,12 +265,14 @@ def test_empty_and_bad_input():
 
 def test_candidates_are_valid():
     """Every config the dispatcher may time is launchable: gemv only for M = 1, power-of-two split-K with
-    at least one K step per split, and the cuBLAS fallback always present."""
+    at least one K step per split, and the cuBLAS fallbacks always last (both layouts from M = 128)."""
     for m in (1, 2, 7, 16, 64, 200, 4096):
         for n, k in ((4096, 4096), (28672, 4096), (4096, 14336), (48, 64)):
             cands = w4a16.candidates(m, n, k)
-            assert cands[-1].kind == "cublas" and len(set(cands)) == len(cands)
-            for c in cands[:-1]:
+            fallbacks = 2 if m >= 128 else 1
+            assert [c.kind for c in cands[-fallbacks:]] == ["cublas", "cublas_rows"][:fallbacks]
+            assert len(set(cands)) == len(cands)
+            for c in cands[:-fallbacks]:
                 assert c.kind in ("gemv", "gemvm", "dot", "dot1", "swap", "swap8") and (c.kind != "gemv" or m == 1)
                 assert c.kind != "gemvm" or (1 < m <= 4 and c.block_m >= m and c.block_m in (2, 4))
                 assert c.split_k & (c.split_k - 1) == 0 and c.split_k * c.block_k <= max(k, c.block_k)
@@ -262,7 +291,7 @@ GPU_CONFIGS = [Config("gemv", 1, 256, 128, 4), Config("gemv", 1, 512, 64, 1),
                Config("swap", 128, 128, 64, 1, 8, 4), Config("swap", 128, 64, 64, 2, 4, 3),
                Config("swap", 256, 128, 64, 1, 8, 3), Config("swap", 256, 64, 64, 4, 4, 3),
                Config("swap", 64, 128, 64, 1, 4, 4), Config("swap", 128, 128, 64, 2, 4, 4),
-               Config("swap8", 32, 64, 128, 2, 4, 3), Config("cublas"), None]
+               Config("swap8", 32, 64, 128, 2, 4, 3), Config("cublas"), Config("cublas_rows"), None]
 
 
 @pytest.mark.gpu
@@ -279,7 +308,7 @@ def test_gpu_large(cfg, m):
     y = w4a16_matmul(x, *to_kernel_layout(codes, scales), g, config=cfg)
     if cfg is None:
         cfg = w4a16._CHOICES[w4a16._key(m, n, k, x.device, False)]
-    assert_close(y, x, codes, scales, g, weight_in_bf16=cfg.kind == "cublas")
+    assert_close(y, x, codes, scales, g, weight_in_bf16=dense(cfg))
 
 
 @pytest.mark.gpu
@@ -292,7 +321,7 @@ def test_gpu_odd_n_and_bias():
         x = torch.randn(m, k, generator=gen).bfloat16().cuda()
         y = w4a16_matmul(x, *to_kernel_layout(codes, scales), g, bias)
         cfg = w4a16._CHOICES[w4a16._key(m, n, k, x.device, True)]
-        assert_close(y, x, codes, scales, g, bias, weight_in_bf16=cfg.kind == "cublas")
+        assert_close(y, x, codes, scales, g, bias, weight_in_bf16=dense(cfg))
 
 
 @pytest.mark.gpu
@@ -310,7 +339,7 @@ def test_gpu_precompile_leaves_nothing_to_compile(m):
     x = torch.randn(m, k, generator=gen).bfloat16().cuda()
     y = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
     g = g.cuda()
-    cands = [c for c in w4a16.candidates(m, n, k) if c.kind != "cublas"]
+    cands = [c for c in w4a16.candidates(m, n, k) if not dense(c)]
     w4a16._precompile(cands, x, words, scales_t, g, None, y)
     misses = []
     old = triton.knobs.runtime.jit_cache_hook
