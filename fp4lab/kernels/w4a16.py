@@ -501,8 +501,8 @@ def _dequant_rows_kernel(w_ptr, s_ptr, g_ptr, out_ptr, N, K,
 class Config:
     """One way to run the product. kind: "gemv" (M = 1) | "gemvm" (the GEMV for block_m = 2 or 4 rows) | "dot" (8 slab
     dots) | "dot1" (one dot per tile) |
-    "swap" (weights as the left operand, one dot per tile) | "swap8" (the same, 8 slab dots) | "cublas" |
-    "cublas_rows" (dequantize + cuBLAS, W^T or W dense)."""
+    "swap" (weights as the left operand, one dot per tile) | "swap8" (the same, 8 slab dots) | "cublas"
+    (dequantize to W^T [K, N] + cuBLAS) | "cublas_rows" (dequantize to W [N, K] + cuBLAS)."""
 
     kind: str
     block_m: int = 1
