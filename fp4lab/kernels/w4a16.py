@@ -10,7 +10,7 @@ Numerics: e2m1 * e4m3 is exact in BF16/FP32, products are accumulated in fp32 an
 in the fp32 epilogue; the output is rounded to BF16 once. So the kernels equal
 `x.double() @ dequant(W).double().T` to 1 BF16 ulp plus fp32 summation error.
 
-Six ways to compute it, picked per (M bucket, N, K) by timing them once on the first call
+Eight ways to compute it, picked per (M bucket, N, K) by timing them once on the first call
 (kernels.md §7), the choice cached in memory (and in FP4LAB_W4A16_CACHE, a JSON file, if set):
 * "gemv": CUDA-core FMAs for M = 1, each thread owning columns (K summed in registers, no shuffles);
           tall tiles split K across a program's warps (reduced in shared memory), or split-K so that
@@ -450,15 +450,23 @@ def _w4a16_swap_kernel(x_ptr, w_ptr, s_ptr, g_ptr, bias_ptr, y_ptr, ws_ptr, cnt_
 
 
 @triton.jit
-def _dequant_t_kernel(w_ptr, s_ptr, g_ptr, out_ptr, N, K,
-                      BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
-    """out[k, n] (W transposed) = e2m1 * fp32(scale * g), rounded once, as the reference dequantize()."""
+def _dequant_tile(w_ptr, s_ptr, g_ptr, N, K, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The program's [BLOCK_R, BLOCK_N] tile of weight words: (word rows r, columns offs_n, mask, words,
+    f = fp32(scale * g) * 2^14, the factor of _nibble_to_f32's values)."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (r < K // 8)[:, None] & (offs_n < N)[None, :]
     w = tl.load(w_ptr + r[:, None] * N + offs_n[None, :], mask=mask, other=0)
     sb = tl.load(s_ptr + (r // 2)[:, None] * N + offs_n[None, :], mask=mask, other=0)
     f = ((_scale_f32(sb) * 256.0) * tl.load(g_ptr)) * 16384.0  # fp32(scale * g); powers of 2 are exact
+    return r, offs_n, mask, w, f
+
+
+@triton.jit
+def _dequant_t_kernel(w_ptr, s_ptr, g_ptr, out_ptr, N, K,
+                      BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    """out[k, n] (W transposed) = e2m1 * fp32(scale * g), rounded once, as the reference dequantize()."""
+    r, offs_n, mask, w, f = _dequant_tile(w_ptr, s_ptr, g_ptr, N, K, BLOCK_R, BLOCK_N)
     for j in tl.static_range(8):
         v = _nibble_to_f32(w >> (4 * j)) * f
         tl.store(out_ptr + (8 * r + j)[:, None] * N + offs_n[None, :], v.to(out_ptr.dtype.element_ty), mask=mask)
@@ -469,12 +477,7 @@ def _dequant_rows_kernel(w_ptr, s_ptr, g_ptr, out_ptr, N, K,
                          BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
     """out[n, k] (W as nn.Linear keeps it) = e2m1 * fp32(scale * g), rounded once; the same numbers as
     _dequant_t_kernel, transposed on chip so that both the loads and the stores coalesce."""
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (r < K // 8)[:, None] & (offs_n < N)[None, :]
-    w = tl.load(w_ptr + r[:, None] * N + offs_n[None, :], mask=mask, other=0)
-    sb = tl.load(s_ptr + (r // 2)[:, None] * N + offs_n[None, :], mask=mask, other=0)
-    f = ((_scale_f32(sb) * 256.0) * tl.load(g_ptr)) * 16384.0
+    _, offs_n, _, w, f = _dequant_tile(w_ptr, s_ptr, g_ptr, N, K, BLOCK_R, BLOCK_N)
     dt = out_ptr.dtype.element_ty
     v0 = (_nibble_to_f32(w) * f).to(dt)
     v1 = (_nibble_to_f32(w >> 4) * f).to(dt)
