@@ -6,6 +6,13 @@ that one decode step is a plain, CUDA-graph capturable sequence of kernels. Embe
 stay BF16 in both variants (the usual NVFP4 checkpoint recipe). Weights are random (no download).
 NVFP4 weights are quantize_nvfp4 (RTN, torchao order) of the same random BF16 weights.
 
+Each variant runs twice (`--modes`): "graph" captures the plain PyTorch step (every op of RMSNorm,
+RoPE, SwiGLU and the residual adds its own kernel); "compiled" first wraps every decoder block in
+torch.compile (fullgraph, inductor's default mode), which fuses that glue into a few Triton kernels as
+a serving engine's fused kernels would. In both, the linears are the same cuBLAS (BF16: without
+max-autotune inductor leaves the matmuls to aten) or fp4lab W4A16 calls (the fp4lab::nvfp4_linear
+custom op), so the two modes differ only in the glue.
+
 Measured per batch size (greedy decoding, the step graph feeds its own argmax back):
   TTFT: one prefill of a `--prompt`-token prompt per sequence + the first token (eager, no graph;
         median of TTFT_REPEATS timed prefills, their range kept next to it); ttft_graph_ms: the same
@@ -15,6 +22,7 @@ Measured per batch size (greedy decoding, the step graph feeds its own argmax ba
 
     PYTHONPATH=. python3 benchmarks/decode.py                   # 32 layers, batch 1, 8, 32
     PYTHONPATH=. python3 benchmarks/decode.py --layers 4        # reduced depth (say so when reporting)
+    PYTHONPATH=. python3 benchmarks/decode.py --modes graph     # only the plain step (no compile time)
 """
 from __future__ import annotations
 
@@ -95,6 +103,7 @@ class Llama(nn.Module):
         self.lm_head = nn.Linear(a.hidden, a.vocab, bias=False)
         inv = 1.0 / a.rope_theta ** (torch.arange(0, a.head_dim, 2).float() / a.head_dim)
         self.register_buffer("inv_freq", inv, persistent=False)
+        self.compiled_blocks = None  # a plain list (not submodules): set by compile_blocks
 
     def forward(self, ids, pos, caches):
         """ids [B, T], pos [T] (absolute positions), caches: list of (k, v) [B, KV, S, D]. Logits of the last token."""
@@ -103,9 +112,17 @@ class Llama(nn.Module):
         s = caches[0][0].shape[2]
         mask = torch.arange(s, device=ids.device)[None, :] <= pos[:, None]  # [T, S], causal over the cache
         x = self.embed(ids)
-        for blk, (kc, vc) in zip(self.blocks, caches):
+        for blk, (kc, vc) in zip(self.compiled_blocks or self.blocks, caches):
             x = blk(x, cos, sin, pos, kc, vc, mask)
         return self.lm_head(rms_norm(x[:, -1], self.norm, self.a.eps))
+
+
+def compile_blocks(model: Llama, on: bool) -> None:
+    """Run the decoder blocks through torch.compile (on) or eagerly. Dynamo's caches are reset first so
+    that one variant's graphs (BF16 or NVFP4 linears) never serve the other; the blocks share one code
+    object, so each (batch, tokens) shape compiles once for all 32."""
+    torch._dynamo.reset()
+    model.compiled_blocks = [torch.compile(b, fullgraph=True) for b in model.blocks] if on else None
 
 
 def weight_bytes(model: nn.Module, linears_only: bool = False) -> int:
@@ -188,6 +205,8 @@ def main(argv=None):
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--prompt", type=int, default=512)
     p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--modes", default="graph,compiled",
+                   help="graph (plain PyTorch step), compiled (decoder blocks through torch.compile), or both")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -196,6 +215,11 @@ def main(argv=None):
 
     a = LlamaArch(layers=args.layers)
     batches = [int(b) for b in args.batches.split(",")]
+    modes = args.modes.split(",")
+    if not modes or any(m not in ("graph", "compiled") for m in modes):
+        sys.exit(f"--modes: a comma-separated list of graph and compiled, not {args.modes!r}")
+    torch._dynamo.config.recompile_limit = 64  # one graph per (batch, tokens) shape at most
+    torch._dynamo.config.fail_on_recompile_limit_hit = True  # never a silent fall back to the plain step
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = Llama(a).to(torch.bfloat16)
@@ -208,24 +232,32 @@ def main(argv=None):
     res = dict(device=gpu, date=date, torch=torch.__version__, arch=asdict(a),
                command="PYTHONPATH=. python3 benchmarks/decode.py " + " ".join(argv or sys.argv[1:]),
                note=("Llama-3-8B architecture, random weights, minimal implementation in benchmarks/decode.py "
-                     "(fused qkv/gate_up), embedding and lm_head BF16 in both variants"
+                     "(fused qkv/gate_up), embedding and lm_head BF16 in both variants; variants named "
+                     "'+compiled' ran every decoder block through torch.compile (the glue fused, the same "
+                     "linears), the others the plain PyTorch step"
                      + ("" if a.layers == 32 else f"; REDUCED DEPTH: {a.layers} of 32 layers")),
                prompt=args.prompt, steps=args.steps, variants={})
     tag = gpu.replace("NVIDIA ", "").split()[0].lower()
     out = args.out or f"benchmarks/results/decode-{tag}-{date}.json"
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
 
+    def key(variant, mode):  # "bf16", "nvfp4" (plain step, the keys of earlier files), "bf16+compiled", ...
+        return variant if mode == "graph" else f"{variant}+{mode}"
+
     def save(line=None):
         if line:
             print(line, flush=True)
         v = res["variants"]
-        if "bf16" in v and "nvfp4" in v:
-            b, q = v["bf16"], v["nvfp4"]
-            def nvfp4_over_bf16(key):  # per batch size
-                return {r["batch"]: round(s[key] / r[key], 3) for r, s in zip(b["rows"], q["rows"])}
+        for mode in modes:
+            b, q = v.get(key("bf16", mode)), v.get(key("nvfp4", mode))
+            if b is None or q is None:
+                continue
+            def nvfp4_over_bf16(k):  # per batch size
+                return {r["batch"]: round(s[k] / r[k], 3) for r, s in zip(b["rows"], q["rows"])}
 
-            res["speedup_tokens_per_s"] = nvfp4_over_bf16("tokens_per_s")
-            res["ttft_graph_nvfp4_over_bf16"] = nvfp4_over_bf16("ttft_graph_ms")
+            tail = "" if mode == "graph" else f"_{mode}"
+            res["speedup_tokens_per_s" + tail] = nvfp4_over_bf16("tokens_per_s")
+            res["ttft_graph_nvfp4_over_bf16" + tail] = nvfp4_over_bf16("ttft_graph_ms")
             res["weight_memory_ratio"] = round(q["weight_gb"] / b["weight_gb"], 3)
             res["linear_weight_memory_ratio"] = round(q["linear_weight_gb"] / b["linear_weight_gb"], 3)
         with open(out, "w") as f:  # after every measurement, so a cut-off run keeps what it measured
@@ -237,11 +269,16 @@ def main(argv=None):
             torch.cuda.empty_cache()
         print(f"{variant}: weight memory {weight_bytes(model) / 1e9:.2f} GB total, "
               f"{weight_bytes(model, True) / 1e9:.2f} GB in decoder linears", flush=True)
-        res["variants"][variant] = dict(weight_gb=round(weight_bytes(model) / 1e9, 3),
-                                        linear_weight_gb=round(weight_bytes(model, True) / 1e9, 3), rows=[])
-        bench_variant(model, a, batches, args.prompt, args.steps, save, res["variants"][variant]["rows"])
-    print(json.dumps({k: res.get(k) for k in ("speedup_tokens_per_s", "ttft_graph_nvfp4_over_bf16",
-                                              "weight_memory_ratio", "linear_weight_memory_ratio")}))
+        for mode in modes:
+            print(f"{variant}, {mode}:", flush=True)
+            compile_blocks(model, mode == "compiled")
+            entry = res["variants"][key(variant, mode)] = dict(
+                weight_gb=round(weight_bytes(model) / 1e9, 3),
+                linear_weight_gb=round(weight_bytes(model, True) / 1e9, 3), rows=[])
+            bench_variant(model, a, batches, args.prompt, args.steps, save, entry["rows"])
+        compile_blocks(model, False)
+    print(json.dumps({k: v for k, v in res.items() if k.startswith(("speedup", "ttft_graph", "weight_memory",
+                                                                      "linear_weight"))}))
     print(f"wrote {out}")
 
 
