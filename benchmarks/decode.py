@@ -218,7 +218,7 @@ def main(argv=None):
     modes = args.modes.split(",")
     if not modes or any(m not in ("graph", "compiled") for m in modes):
         sys.exit(f"--modes: a comma-separated list of graph and compiled, not {args.modes!r}")
-    torch._dynamo.config.recompile_limit = 64  # one graph per (batch, tokens) shape at most
+    torch._dynamo.config.recompile_limit = 64  # room for a graph per (batch, tokens) shape and variant
     torch._dynamo.config.fail_on_recompile_limit_hit = True  # never a silent fall back to the plain step
     torch.manual_seed(0)
     with torch.device("cuda"):
