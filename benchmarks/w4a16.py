@@ -100,7 +100,7 @@ def bench_shape(name, n, k, ms, bw, args, log):
                    tbps_bf16=round((bf16_bytes + io) / t_bf16 / 1e6, 3),
                    config=f"{cfg.kind}:{cfg.block_m}x{cfg.block_n}x{cfg.block_k}/split{cfg.split_k}"
                           f"/w{cfg.num_warps}/s{cfg.num_stages}{'/pf' if cfg.prefetch else ''}"
-                          if not cfg.kind.startswith("cublas") else
+                          if not cfg.dense else
                           {"cublas": "dequant+cublas", "cublas_rows": "dequant+cublas/W[N,K]"}[cfg.kind])
         rows.append(row)
         log(f"{name:20s} M={m:5d}  nvfp4 {t_fp4:9.2f} us ({row['tbps_nvfp4']:.2f} TB/s)  bf16 {t_bf16:9.2f} us  "
@@ -132,7 +132,7 @@ def sass_report(ms) -> None:
     for m in ms:
         for cfg in w4a16.candidates(m, 4096, 4096):
             key = (cfg.kind, cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages, cfg.prefetch)
-            if cfg.kind.startswith("cublas") or key in seen:
+            if cfg.dense or key in seen:
                 continue
             seen.add(key)
             if cfg.kind == "gemv":

@@ -517,6 +517,11 @@ class Config:
     group_m: int = 8
     prefetch: int = 0  # gemv: load the next K step's tiles before this step's math (register double buffer)
 
+    @property
+    def dense(self) -> bool:
+        """Dequantize + cuBLAS (no Triton matmul to compile; the weight is rounded to BF16 first)."""
+        return self.kind in ("cublas", "cublas_rows")
+
 
 SCALE_CODE_NAN = 255
 _SCALE_CODE_BIAS = 224 << 3  # scale * 2^110 has a biased exponent in [228, 245] (E4M3 2^-9 .. 448)
@@ -655,7 +660,7 @@ def _launch(cfg: Config, x, words, scales_t, g, bias, y, run=launch):
     """Run `cfg` (run=launch), or hand its kernel, grid and arguments to another `run` (precompile)."""
     m, k = x.shape
     n = words.shape[1]
-    if cfg.kind in ("cublas", "cublas_rows"):
+    if cfg.dense:
         # two layouts of the dense weight: cuBLAS's kernel for [N, K] (nn.Linear's, the BF16 baseline's)
         # and for [K, N] differ by up to 12% in either direction (benchmarks/w4a16.md, session 20)
         w = (dequantize_rows(words, scales_t, g) if cfg.kind == "cublas_rows"
@@ -870,7 +875,7 @@ def _precompile(cands, x, words, scales_t, g, bias, y) -> None:
     def warm(kernel, grid, *args, **kwargs):
         kernel.warmup(*args, grid=grid, **kwargs)
 
-    todo = [c for c in cands if not c.kind.startswith("cublas")]
+    todo = [c for c in cands if not c.dense]
     if len(todo) < 2:
         return
     with ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1, 16)) as pool, \

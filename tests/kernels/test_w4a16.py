@@ -79,7 +79,7 @@ CPU_CONFIGS = [
 
 
 def dense(cfg):
-    return cfg is not None and cfg.kind in ("cublas", "cublas_rows")
+    return cfg is not None and cfg.dense
 
 
 def _cfg_id(c):
